@@ -1,0 +1,3 @@
+from .export import ExportCLIPWeights
+
+__all__ = ["ExportCLIPWeights"]

@@ -1,0 +1,3 @@
+from .contrastive import clip_contrastive_loss
+
+__all__ = ["clip_contrastive_loss"]

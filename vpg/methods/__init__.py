@@ -1,0 +1,7 @@
+"""One LightningModule per method. Importing vpg imports them all, so checkpoints' class paths resolve."""
+
+from .base import VPGModule
+from .clip_pretrain import CLIPPretraining
+from .zeroshot import ZeroShotClassifier
+
+__all__ = ["VPGModule", "CLIPPretraining", "ZeroShotClassifier"]
