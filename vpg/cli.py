@@ -73,6 +73,7 @@ class VPGCLI(LightningCLI):
 
     def _write_metrics(self, stage: str) -> None:
         trainer = self.trainer
+        log_dir = Path(trainer.log_dir or ".")  # a collective under DDP: every rank asks
         if not trainer.is_global_zero:
             return
         metrics = {}
@@ -80,9 +81,8 @@ class VPGCLI(LightningCLI):
             value = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
             if isinstance(value, float) and not math.isnan(value):
                 metrics[key] = value
-        log_dir = Path(trainer.log_dir or ".")
         log_dir.mkdir(parents=True, exist_ok=True)
-        path = log_dir / "metrics.json"
+        path = (log_dir / "metrics.json").resolve()
         payload = {"stage": stage, "model": type(self.model).__name__, "metrics": metrics}
         path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         print(f"metrics: {path}")

@@ -24,6 +24,8 @@ PICTURE = Path("docs/demo_shapes_ref.png")
 RUNS = [
     ("zero-shot classification, shapes-cls test", "top-1",
      ["test", "--config", "experiments/shapes/zeroshot_cls.yaml"], "test/acc@1"),
+    ("FALIP zero-shot REC (form a), shapes-ref testA", "Acc@0.5",
+     ["test", "--config", "experiments/shapes/falip_rec.yaml", "--data.init_args.test_splits", "[testA]"], "test/acc@0.5/testA"),
 ]
 
 
@@ -43,8 +45,11 @@ def shapes_ref_picture(n: int = 8) -> Path:
     from vpg.utils.visualize import GOLD, OTHER, caption_below, draw_boxes, grid, to_chw_tensor
 
     rows = load_split("vpg-shapes/ref", "testA", {"seed": 0})
+    first_of_image: dict[str, int] = {}
+    for i, image_id in enumerate(rows["image_id"]):
+        first_of_image.setdefault(image_id, i)
     tiles = []
-    for row in rows.select(range(n)):
+    for row in rows.select(list(first_of_image.values())[:n]):  # one referred object per scene
         image = row["image"].resize((192, 192))
         scale = 192 / row["image"].width
         boxes = [[v * scale for v in b] for b in row["candidates"]]

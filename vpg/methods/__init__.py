@@ -2,6 +2,7 @@
 
 from .base import VPGModule
 from .clip_pretrain import CLIPPretraining
+from .falip import FALIPClassifier, FALIPPointCloud, FALIPRec  # noqa: F401  (FALIP; see vpg/methods/falip.py)
 from .zeroshot import ZeroShotClassifier
 
 __all__ = ["VPGModule", "CLIPPretraining", "ZeroShotClassifier"]

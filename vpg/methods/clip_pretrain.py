@@ -59,8 +59,9 @@ class CLIPPretraining(VPGModule):
         sim = img @ txt.t()  # (I, T)
         i2t = (owner[sim.argmax(dim=1)] == torch.arange(img.shape[0], device=sim.device)).float().mean()
         t2i = (sim.argmax(dim=0) == owner).float().mean()
-        self.log("val/i2t_r@1", i2t, prog_bar=True)
-        self.log("val/t2i_r@1", t2i)
+        # Under DDP each rank ranks within its own shard; the logged value is the mean over ranks.
+        self.log("val/i2t_r@1", i2t, prog_bar=True, sync_dist=True)
+        self.log("val/t2i_r@1", t2i, sync_dist=True)
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(decay_groups(self.clip, self.weight_decay), lr=self.lr, betas=(0.9, 0.98), eps=1e-6)

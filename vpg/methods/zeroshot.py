@@ -61,8 +61,8 @@ class ZeroShotClassifier(VPGModule):
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
 
-    def test_step(self, batch, batch_idx):
+    def test_step(self, batch, batch_idx, dataloader_idx=0):
         self._eval_step(batch, "test")
 
-    def predict_step(self, batch, batch_idx):
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
         return self(batch["image"]).softmax(-1)

@@ -71,7 +71,7 @@ from vpg.data.shapes.scene import (
     generate_scene,
 )
 
-GENERATOR_VERSION = "vpg-shapes-1"  # bump whenever generated content changes: it keys the cache
+GENERATOR_VERSION = "vpg-shapes-2"  # bump whenever generated content changes: it keys the cache
 
 MULTILABEL_CLASSES = SHAPES
 CLS_CLASSES = tuple(f"{colour} {shape}" for colour in COLOUR_NAMES for shape in SHAPES)
@@ -98,7 +98,7 @@ DEFAULT_OPTIONS: dict[str, dict[str, object]] = {
     "shapes-multilabel": {},
     "shapes-cls": {},
     "shapes-3d": {"num_points": 1024, "noise": 0.01},
-    "shapes-pretrain": {"num_scenes": 4000, "num_single": 4000, "num_depth": 2000, "num_points": 1024},
+    "shapes-pretrain": {"num_scenes": 4000, "num_single": 4000, "num_depth": 2000, "num_points": 1024, "single_clutter": 3},
 }
 
 PARALLEL_THRESHOLD = 1000  # items; below this a worker pool costs more than it saves
@@ -261,14 +261,19 @@ def _pretrain_rows(
     if split == "scene":
         return _captions_rows(split, index, rng, image_size, options)
     if split == "single":
-        scene = generate_scene(rng, image_size, num_objects=1)
-        return [
-            {
-                "image": _image(scene.png_bytes()),
-                "image_id": image_id,
-                "captions": single_object_captions(scene, rng),
-            }
-        ]
+        # One named object, sometimes (options["single_clutter"] = max count) with small clutter
+        # objects of other colours and shapes, so the prompt stays unambiguous and the model
+        # learns to name the salient object in a busy image.
+        num_clutter = int(rng.integers(0, int(options["single_clutter"]) + 1))
+        if num_clutter:
+            main_shape, main_colour = SHAPES[int(rng.integers(len(SHAPES)))], COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))]
+            main = ObjectSpec(shapes=(main_shape,), colours=(main_colour,), sizes=("large",))
+            clutter = ObjectSpec(sizes=("small",), shapes=tuple(x for x in SHAPES if x != main_shape),
+                                 colours=tuple(c for c in COLOUR_NAMES if c != main_colour))
+            scene = generate_scene(rng, image_size, num_objects=1 + num_clutter, specs=[main] + [clutter] * num_clutter)
+        else:
+            scene = generate_scene(rng, image_size, num_objects=1)
+        return [{"image": _image(scene.png_bytes()), "image_id": image_id, "captions": single_object_captions(scene, rng)}]
     if split == "depth":
         kind = PRIMITIVES_3D[index % len(PRIMITIVES_3D)]
         points = torch.from_numpy(make_point_cloud(kind, rng, int(options["num_points"])))
@@ -414,6 +419,7 @@ def make_pretrain_corpus(
     image_size: int = 96,
     *,
     num_points: int = 1024,
+    single_clutter: int = 3,
     num_workers: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = False,
