@@ -7,6 +7,10 @@ ablation (`--layers`) runs on val only, so nothing is chosen on the test splits.
     .venv/bin/python scripts/falip_shapes_table.py                 # main table (markdown)
     .venv/bin/python scripts/falip_shapes_table.py --layers        # + layer sets, val only
     .venv/bin/python scripts/falip_shapes_table.py --json out.json # also write the numbers
+    .venv/bin/python scripts/falip_shapes_table.py --rows none --diagnose   # val-only diagnostics
+
+``--diagnose`` (val only): FALIP a at other alphas; how much [CLS] attention the mask moves onto
+the box's tokens in the masked blocks; how often each prompt picks the largest candidate.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 CONFIG = "experiments/shapes/falip_rec.yaml"
 SPLITS = ("testA", "testB", "val")
@@ -39,6 +45,9 @@ ROWS: list[tuple[str, list[str]]] = [
 ]
 
 # layer sets of the 6-block tower, compared on val only (the config's [4, 5] is the rule's choice)
+ALPHAS = (0.2, 0.5, 1.0, 2.0, 5.0)
+DIAGNOSE_PROMPTS = ("none", "crop", "blur", "falip", "falip form c")
+
 LAYER_ROWS: list[tuple[str, str]] = [
     ("[5]", "[5]"), ("[4, 5] (config: last third)", "[4, 5]"), ("[3, 4, 5]", "[3, 4, 5]"),
     ("[2, 3, 4, 5]", "[2, 3, 4, 5]"), ("all", "all"),
@@ -58,15 +67,95 @@ def run(overrides: list[str], splits: tuple[str, ...] = SPLITS) -> dict[str, flo
     return {s: metrics[f"test/acc@0.5/{s}"] for s in splits}
 
 
+@torch.no_grad()
+def roa_attention_mass(model, batch) -> dict[int, tuple[float, float]]:
+    """Mean share of the [CLS] query's attention (over heads and candidates) that falls on the
+    box's tokens in each masked block, without and with the foveal mask, on the plain forward's
+    input to that block (the first-order effect of the bias)."""
+    from vpg.modules.foveal import foveal_mask, roa_mask
+
+    clip = model.clip
+    owner, slot = batch["candidate_mask"].nonzero(as_tuple=True)  # (N,), (N,)
+    boxes = batch["candidates"][owner, slot]  # (N, 4)
+    size = tuple(batch["image"].shape[-2:])
+    grid = clip.grid_size(size)
+    inside = roa_mask(boxes, grid, size).flatten(1)  # (N, h*w)
+    bias = foveal_mask(boxes, grid, size, model.alpha, model.sigma, "a", model.eps)  # (N, L)
+    inputs = [i - 1 for i in model.layers if i > 0]
+    hidden = clip.forward_image(batch["image"], hidden_layers=inputs).hidden
+    out = {}
+    for i in model.layers:
+        x = hidden[i - 1] if i > 0 else clip.image_tokens(batch["image"])  # (B, L, D) block input
+        attn = clip.vision_blocks[i].attn
+        normed = clip.vision_blocks[i].ln_1(x)
+        q = attn._heads(attn.q_proj(normed[:, :1]))  # (B, H, 1, dh)
+        k = attn._heads(attn.k_proj(normed))  # (B, H, L, dh)
+        logits = (q @ k.transpose(-1, -2))[:, :, 0] * attn.head_dim**-0.5  # (B, H, L)
+        logits = logits[owner]  # (N, H, L)
+        plain = logits.softmax(-1)[..., 1:]  # (N, H, h*w)
+        masked = (logits + bias[:, None]).softmax(-1)[..., 1:]
+        share = lambda p: (p * inside[:, None]).sum(-1).mean().item()  # noqa: E731
+        out[i] = (share(plain), share(masked))
+    return out
+
+
+def diagnose() -> dict:
+    """Val-only diagnostics of FALIP on the tiny CLIP (printed as markdown)."""
+    from vpg.cli import VPGCLI
+    from vpg.metrics import box_area
+
+    results: dict = {"alpha_val": {}, "largest_pick_val": {}}
+    print("\n| FALIP a, alpha (val) | Acc@0.5 |\n| --- | ---: |")
+    for alpha in ALPHAS:
+        acc = run(["--model.init_args.alpha", str(alpha)], splits=("val",))["val"]
+        results["alpha_val"][alpha] = acc
+        print(f"| {alpha:g} | {100 * acc:.1f} |", flush=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        cli = VPGCLI(args=["validate", "--config", CONFIG, "--trainer.enable_progress_bar", "false",
+                           "--trainer.logger", "false", "--model.init_args.log_images", "0"])
+    model, dm = cli.model.eval(), cli.datamodule
+    batches = list(dm.val_dataloader())
+    mass = roa_attention_mass(model, batches[0])
+    results["roa_attention_share"] = mass
+    print("\n| masked block | [CLS] attention on the box's tokens, plain | with the mask (alpha 0.2) |")
+    print("| --- | ---: | ---: |")
+    for block, (plain, masked) in mass.items():
+        print(f"| {block} | {100 * plain:.1f} % | {100 * masked:.1f} % |")
+    print("\n| prompt (val) | picks the largest candidate | gold is the largest |\n| --- | ---: | ---: |")
+    for prompt in DIAGNOSE_PROMPTS:
+        name, form = (prompt.split()[0], prompt.split()[-1]) if "form" in prompt else (prompt, "a")
+        model.prompts, model.form = [name], form
+        picked = largest = total = 0
+        with torch.no_grad():
+            for i, batch in enumerate(batches):
+                out = model(batch, "val", torch.Generator().manual_seed(i))
+                area = box_area(batch["candidates"]).masked_fill(~batch["candidate_mask"], -1)  # (B, K)
+                biggest = area.argmax(-1)
+                picked += (out["index"] == biggest).sum().item()
+                largest += (batch["gold_index"] == biggest).sum().item()
+                total += len(biggest)
+        results["largest_pick_val"][prompt] = picked / total
+        print(f"| {prompt} | {100 * picked / total:.1f} % | {100 * largest / total:.1f} % |", flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", action="store_true", help="also compare layer sets (val only)")
     parser.add_argument("--json", type=Path, help="write the numbers to this JSON file")
-    parser.add_argument("--rows", help="comma-separated row numbers to run (default: all)")
+    parser.add_argument("--rows", help="comma-separated row numbers to run (default: all; 'none': no row)")
+    parser.add_argument("--diagnose", action="store_true", help="val-only diagnostics (alpha, attention, size bias)")
     args = parser.parse_args(argv)
+    sys.argv = sys.argv[:1]  # the CLI runs in-process with its own arguments
+    import datasets
+
+    datasets.disable_progress_bars()
     if not Path("checkpoints/vpg_shapes_clip.safetensors").is_file():
         sys.exit("checkpoints/vpg_shapes_clip.safetensors is missing; run `make pretrain`")
-    chosen = ROWS if not args.rows else [ROWS[int(i)] for i in args.rows.split(",")]
+    if args.rows == "none":
+        chosen = []
+    else:
+        chosen = ROWS if not args.rows else [ROWS[int(i)] for i in args.rows.split(",")]
     results: dict[str, dict] = {"main": {}, "layers_val": {}}
     print(f"| prompt | {' | '.join(SPLITS)} |")
     print(f"| --- |{' ---: |' * len(SPLITS)}")
@@ -82,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
             acc = run(["--model.init_args.layers", layers], splits=("val",))
             results["layers_val"][label] = acc["val"]
             print(f"| {label} | {100 * acc['val']:.1f} |", flush=True)
+    if args.diagnose:
+        results["diagnose"] = diagnose()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

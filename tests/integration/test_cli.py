@@ -49,8 +49,10 @@ def test_help_lists_subcommands():
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_experiment_config_prints(config, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
+    # _base/ files are fragments: they are checked composed with a complete experiment
+    configs = ["--config", config] + (["--config", "experiments/shapes/zeroshot_cls.yaml"] if "/_base/" in config else [])
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", config, "--print_config"])
+        main(["fit", *configs, "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "class_path: vpg." in printed
@@ -128,3 +130,23 @@ def test_checkpoint_loads_without_manual_imports(tmp_path, monkeypatch, shapes_c
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "CLIP vpg-tiny" in out
+
+
+def test_configs_compose_left_to_right(tmp_path, monkeypatch, capsys):
+    override = tmp_path / "override.yaml"
+    override.write_text("data:\n  init_args:\n    batch_size: 7\ntrainer:\n  max_epochs: 3\n")
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "experiments/_base/trainer.yaml", "--config", "experiments/shapes/zeroshot_cls.yaml",
+              "--config", str(override), "--print_config"])
+    printed = capsys.readouterr().out
+    assert "batch_size: 7" in printed and "max_epochs: 3" in printed
+    assert "log_every_n_steps: 20" in printed  # from _base/trainer.yaml
+    assert "class_path: vpg.methods.ZeroShotClassifier" in printed
+
+
+def test_bf16_mixed_precision_passes_through(tmp_path, monkeypatch, shapes_cache):
+    cli = run_cli(["fit", *TINY_PRETRAIN, "--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed",
+                   "--trainer.callbacks.init_args.path", str(tmp_path / "w.safetensors")], tmp_path, monkeypatch)
+    assert cli.trainer.precision == "bf16-mixed" and cli.trainer.global_step == 4
+    assert (tmp_path / "w.safetensors").is_file()

@@ -218,3 +218,25 @@ def test_spliced_context_end_and_middle(tiny_clip, tiny_tokenizer):
     assert (a - b).abs().max() <= 1e-5
     mid, eot_mid = tiny_clip.splice_context(names, ctx, "middle")
     assert torch.equal(mid[0, 1:3], ctx[:2]) and torch.equal(eot_mid, eot)
+
+
+def test_peft_lora_by_regex_on_separate_projections():
+    """LoRA on q/k/v/out/fc of chosen vision blocks (HiVG's targets) by a regex over module names."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    core = create_model("vpg-tiny").eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = core.encode_image(images)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=r".*visual\.transformer\.resblocks\.1\.(attn\.(q|k|v|out)_proj|mlp\.c_fc)")
+    inject_adapter_in_model(config, core)
+    lora = {n for n, p in core.named_parameters() if p.requires_grad}
+    assert lora and all("lora_" in n and ".resblocks.1." in n for n in lora)
+    assert len({n.split(".lora_")[0] for n in lora}) == 5  # q, k, v, out, c_fc
+    with torch.no_grad():
+        assert torch.allclose(core.encode_image(images), before, atol=1e-6)  # B = 0 at init
+        for name, p in core.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+        assert not torch.allclose(core.encode_image(images), before, atol=1e-4)  # adapters are on the path
