@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import io
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -102,7 +103,7 @@ def roa_attention_mass(model, batch) -> dict[int, tuple[float, float]]:
 def diagnose() -> dict:
     """Val-only diagnostics of FALIP on the tiny CLIP (printed as markdown)."""
     from vpg.cli import VPGCLI
-    from vpg.metrics import box_area
+    from vpg.metrics import box_area, grounding_accuracy
 
     results: dict = {"alpha_val": {}, "largest_pick_val": {}}
     print("\n| FALIP a, alpha (val) | Acc@0.5 |\n| --- | ---: |")
@@ -111,8 +112,9 @@ def diagnose() -> dict:
         results["alpha_val"][alpha] = acc
         print(f"| {alpha:g} | {100 * acc:.1f} |", flush=True)
     with contextlib.redirect_stdout(io.StringIO()):
+        # the default logger: a run without one would write config.yaml / metrics.json into the cwd
         cli = VPGCLI(args=["validate", "--config", CONFIG, "--trainer.enable_progress_bar", "false",
-                           "--trainer.logger", "false", "--model.init_args.log_images", "0"])
+                           "--trainer.logger.init_args.name", "falip_shapes_table", "--model.init_args.log_images", "0"])
     model, dm = cli.model.eval(), cli.datamodule
     batches = list(dm.val_dataloader())
     mass = roa_attention_mass(model, batches[0])
@@ -121,11 +123,15 @@ def diagnose() -> dict:
     print("| --- | ---: | ---: |")
     for block, (plain, masked) in mass.items():
         print(f"| {block} | {100 * plain:.1f} % | {100 * masked:.1f} % |")
-    print("\n| prompt (val) | picks the largest candidate | gold is the largest |\n| --- | ---: | ---: |")
+    print("\n| prompt (val) | picks the largest candidate | gold is the largest | "
+          + " | ".join(f"Acc@0.5 {k}" for k in EXPRESSION_KINDS) + " |")
+    print("| --- | ---: | ---: |" + " ---: |" * len(EXPRESSION_KINDS))
+    results["by_expression_val"] = {}
     for prompt in DIAGNOSE_PROMPTS:
         name, form = (prompt.split()[0], prompt.split()[-1]) if "form" in prompt else (prompt, "a")
         model.prompts, model.form = [name], form
         picked = largest = total = 0
+        hits: dict[str, list[bool]] = {k: [] for k in EXPRESSION_KINDS}
         with torch.no_grad():
             for i, batch in enumerate(batches):
                 out = model(batch, "val", torch.Generator().manual_seed(i))
@@ -134,9 +140,26 @@ def diagnose() -> dict:
                 picked += (out["index"] == biggest).sum().item()
                 largest += (batch["gold_index"] == biggest).sum().item()
                 total += len(biggest)
+                for sentence, hit in zip(batch["sentences"], grounding_accuracy(out["box"], batch["gold"]).tolist()):
+                    hits[expression_kind(sentence)].append(hit)
+        by_kind = {k: sum(v) / max(len(v), 1) for k, v in hits.items()}
         results["largest_pick_val"][prompt] = picked / total
-        print(f"| {prompt} | {100 * picked / total:.1f} % | {100 * largest / total:.1f} % |", flush=True)
+        results["by_expression_val"][prompt] = by_kind
+        print(f"| {prompt} | {100 * picked / total:.1f} % | {100 * largest / total:.1f} % | "
+              + " | ".join(f"{100 * by_kind[k]:.1f} (n={len(hits[k])})" for k in EXPRESSION_KINDS) + " |", flush=True)
     return results
+
+
+EXPRESSION_KINDS = ("attribute-only", "superlative", "relation")
+
+
+def expression_kind(sentence: str) -> str:
+    """Keyword rule: relation words first, then superlatives, else attribute-only."""
+    if re.search(r"\b(left of|right of|above|below|over|under|next to|beside)\b", sentence):
+        return "relation"
+    if re.search(r"(est|most)\b", sentence):
+        return "superlative"
+    return "attribute-only"
 
 
 def main(argv: list[str] | None = None) -> None:
