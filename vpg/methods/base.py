@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import lightning as L
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from vpg.clip import CLIP, get_tokenizer
 from vpg.data.transforms import clip_transform
@@ -30,6 +33,14 @@ class VPGModule(L.LightningModule):
     # -- preprocessing the DataModule asks for
     def image_transform(self, train: bool):
         return clip_transform(self.clip)
+
+    @torch.no_grad()
+    def class_text_features(self, class_names: Sequence[str], templates: Sequence[str]) -> Tensor:
+        """(C, E): normalised mean of each class's normalised template features (CLIP's prompt ensembling)."""
+        texts = [t.format(name) for name in class_names for t in templates]  # C * T texts
+        tokens = self.tokenizer(texts).to(self.device)
+        feats = F.normalize(self.clip.encode_text(tokens), dim=-1).view(len(class_names), len(templates), -1)
+        return F.normalize(feats.mean(1), dim=-1)  # (C, E)
 
     # -- trainable parameters
     def trainable_summary(self) -> dict[str, int]:
@@ -60,6 +71,45 @@ class VPGModule(L.LightningModule):
         log.info("trainable parameters: %s", summary)
         if self.logger is not None and hasattr(self.logger, "log_hyperparams"):
             self.logger.log_hyperparams({f"trainable/{k}": v for k, v in summary.items()})
+
+
+class ClassifierEval:
+    """Mixin for zero-shot classifiers over class text features: top-1/top-5 per stage, logged
+    as ``val/acc@1`` ... Subclasses set ``templates`` / ``_class_names`` and implement
+    ``batch_logits(batch) -> (B, C)``; class names default to the DataModule's."""
+
+    def setup_classifier(self) -> None:
+        from vpg.metrics import TopKAccuracy
+
+        names = self._class_names or self.trainer.datamodule.class_names
+        self.class_names = list(names)
+        n = len(self.class_names)
+        for split in ("val", "test"):  # separate metric objects per stage
+            self.metrics[f"{split}_top1"] = TopKAccuracy(n, k=1)
+            self.metrics[f"{split}_top5"] = TopKAccuracy(n, k=min(5, n))
+        self.classifier = self.class_text_features(self.class_names, self.templates)
+
+    def setup(self, stage: str) -> None:
+        self.setup_classifier()
+
+    def batch_logits(self, batch: dict) -> Tensor:
+        raise NotImplementedError
+
+    def _eval_step(self, batch: dict, split: str) -> None:
+        logits = self.batch_logits(batch)
+        for k in ("top1", "top5"):
+            self.metrics[f"{split}_{k}"].update(logits, batch["label"])
+        self.log(f"{split}/acc@1", self.metrics[f"{split}_top1"], on_epoch=True, prog_bar=True)
+        self.log(f"{split}/acc@5", self.metrics[f"{split}_top5"], on_epoch=True)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx, dataloader_idx=0):
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        return self.batch_logits(batch).softmax(-1)
 
 
 def frozen(module: nn.Module) -> nn.Module:

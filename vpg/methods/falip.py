@@ -29,11 +29,11 @@ from torch import Tensor
 from vpg.clip import CLIP
 from vpg.data.pointcloud import depth_to_rgb, project_depth_maps
 from vpg.data.transforms import clip_transform
-from vpg.metrics import GroundingAccuracy, TopKAccuracy
+from vpg.metrics import GroundingAccuracy
 from vpg.modules.foveal import FORMS, foveal_mask, mask_boxes, resolve_layers
 from vpg.modules.visual_prompts import edit_images
 
-from .base import VPGModule
+from .base import ClassifierEval, VPGModule
 
 log = logging.getLogger(__name__)
 
@@ -149,13 +149,6 @@ class _FovealPrompting(VPGModule):
         return with_prompt.total() + (heads_prompted - heads_plain).sum((1, 2))  # (N, E)
 
     @torch.no_grad()
-    def class_text_features(self, class_names: Sequence[str], templates: Sequence[str]) -> Tensor:
-        """(C, E): normalised mean of each class's normalised template features."""
-        texts = [t.format(name) for name in class_names for t in templates]  # C * T texts
-        tokens = self.tokenizer(texts).to(self.device)
-        feats = F.normalize(self.clip.encode_text(tokens), dim=-1).view(len(class_names), len(templates), -1)
-        return F.normalize(feats.mean(1), dim=-1)  # (C, E)
-
     def _split_name(self, stage: str, dataloader_idx: int) -> str:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if stage == "val":
@@ -477,7 +470,7 @@ def write_predictions(records: list[dict], batch: dict, out: dict, directory: Pa
 # ---------------------------------------------------------------------------------------------- classification
 
 
-class FALIPClassifier(_FovealPrompting):
+class FALIPClassifier(ClassifierEval, _FovealPrompting):
     """Zero-shot classification with the object's box (paper Table 2): one mask per image.
 
     Batch: image (B,3,S,S), label (B,), bbox (B,4) xyxy input pixels. Logs acc@1 and acc@5.
@@ -496,42 +489,20 @@ class FALIPClassifier(_FovealPrompting):
         self.register_buffer("classifier", torch.empty(0), persistent=False)
         self.metrics = torch.nn.ModuleDict()
 
-    def setup(self, stage: str) -> None:
-        names = self._class_names or self.trainer.datamodule.class_names
-        self.class_names = list(names)
-        n = len(self.class_names)
-        for split in ("val", "test"):
-            self.metrics[f"{split}_top1"] = TopKAccuracy(n, k=1)
-            self.metrics[f"{split}_top5"] = TopKAccuracy(n, k=min(5, n))
-        self.classifier = self.class_text_features(self.class_names, self.templates)
-
     def forward(self, images: Tensor, boxes: Tensor) -> Tensor:
         """(B, 3, S, S), (B, 4) -> logits (B, C)."""
         index = torch.arange(images.shape[0], device=images.device)
         feats = self.region_features(images, boxes, index, self.prompt)  # (B, E)
         return self.clip.logit_scale.exp() * feats @ self.classifier.to(feats).t()  # (B, C)
 
-    def _eval_step(self, batch, split: str):
-        logits = self(batch["image"], batch["bbox"])
-        for k in ("top1", "top5"):
-            self.metrics[f"{split}_{k}"].update(logits, batch["label"])
-        self.log(f"{split}/acc@1", self.metrics[f"{split}_top1"], on_epoch=True, prog_bar=True)
-        self.log(f"{split}/acc@5", self.metrics[f"{split}_top5"], on_epoch=True)
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
-
-    def predict_step(self, batch, batch_idx):
-        return self(batch["image"], batch["bbox"]).softmax(-1)
+    def batch_logits(self, batch: dict) -> Tensor:
+        return self(batch["image"], batch["bbox"])
 
 
 # ---------------------------------------------------------------------------------------------- point clouds
 
 
-class FALIPPointCloud(_FovealPrompting):
+class FALIPPointCloud(ClassifierEval, _FovealPrompting):
     """PointCLIP-style zero-shot point-cloud classification with a foveal mask per view (Table 3).
 
     Each cloud is projected to ``views`` orthogonal depth maps (``project_depth_maps``); each
@@ -558,15 +529,6 @@ class FALIPPointCloud(_FovealPrompting):
         self.register_buffer("classifier", torch.empty(0), persistent=False)
         self.metrics = torch.nn.ModuleDict()
 
-    def setup(self, stage: str) -> None:
-        names = self._class_names or self.trainer.datamodule.class_names
-        self.class_names = list(names)
-        n = len(self.class_names)
-        for split in ("val", "test"):
-            self.metrics[f"{split}_top1"] = TopKAccuracy(n, k=1)
-            self.metrics[f"{split}_top5"] = TopKAccuracy(n, k=min(5, n))
-        self.classifier = self.class_text_features(self.class_names, self.templates)
-
     def depth_images(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """(B, N, 3) -> normalised depth images (B*V, 3, S, S) and their foreground boxes (B*V, 4)."""
         size = self.clip.image_size[0]
@@ -587,21 +549,8 @@ class FALIPPointCloud(_FovealPrompting):
         pooled = torch.einsum("bve,v->be", feats, self.view_weights.to(feats))  # (B, E) sum_j beta_j V_j
         return self.clip.logit_scale.exp() * pooled @ self.classifier.to(feats).t()  # (B, C)
 
-    def _eval_step(self, batch, split: str):
-        logits = self(batch["points"])
-        for k in ("top1", "top5"):
-            self.metrics[f"{split}_{k}"].update(logits, batch["label"])
-        self.log(f"{split}/acc@1", self.metrics[f"{split}_top1"], on_epoch=True, prog_bar=True)
-        self.log(f"{split}/acc@5", self.metrics[f"{split}_top5"], on_epoch=True)
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
-
-    def predict_step(self, batch, batch_idx):
-        return self(batch["points"]).softmax(-1)
+    def batch_logits(self, batch: dict) -> Tensor:
+        return self(batch["points"])
 
 
 __all__ = ["AUTHORS_LAYERS", "FALIPClassifier", "FALIPPointCloud", "FALIPRec", "PrefixTokenizer",
