@@ -112,6 +112,11 @@ def main(args: list[str] | None = None) -> None:
             raise
         print(f"vpg: error: {user}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        # Lightning leaves the process group up; a live gloo group can abort the interpreter
+        # at exit ("terminate called without an active exception") after a successful run.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 __all__ = ["VPGCLI", "main", "TensorBoardLogger"]
