@@ -351,6 +351,17 @@ def require(record: Mapping, key: str, file: PathLike, where: Any, bad: BadSampl
     return False
 
 
+def split_files(paths: PathLike | Sequence[PathLike], split: str | None, box_format: str) -> list[Path]:
+    """Checks shared by converters of per-split files: the box format, and that an explicit
+    split name is given for one file only (several files each name their own split)."""
+    if box_format not in ("xywh", "xyxy"):
+        raise ValueError(f"box_format must be 'xywh' or 'xyxy', got {box_format!r}")
+    files = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    if split is not None and len(files) > 1:
+        raise ValueError("split can only be given for a single file")
+    return files
+
+
 def split_from_name(stem: str, known: Sequence[str], default: str | None = None) -> str | None:
     """Split name at the end of a file stem (``refcoco_testA`` -> ``testA``), longest match first."""
     for name in sorted(known, key=len, reverse=True):

@@ -38,6 +38,7 @@ from .common import (
     finish,
     new_parser,
     parse_box,
+    split_files,
     split_from_name,
 )
 
@@ -71,11 +72,7 @@ def convert_hivg(
     on_bad_sample: str = "raise",
 ) -> Conversion:
     """HiVG/TransVG ``.pth`` split file(s) -> REF, one dataset split per file (see module doc)."""
-    if box_format not in ("xywh", "xyxy"):
-        raise ValueError(f"box_format must be 'xywh' or 'xyxy', got {box_format!r}")
-    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-    if split is not None and len(paths) > 1:
-        raise ValueError("split can only be given for a single file")
+    paths = split_files(paths, split, box_format)
     bad = BadSamples(on_bad_sample)
     images = ImageSource(image_root, embed_images)
     rows_by_split: dict[str, list[dict]] = {}

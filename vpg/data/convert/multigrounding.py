@@ -27,7 +27,6 @@ Pickles can run code when loaded: only convert trusted files.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from vpg.data.schemas import PHRASE
@@ -45,6 +44,7 @@ from .common import (
     load_pickle,
     new_parser,
     parse_box,
+    split_files,
     split_from_name,
 )
 
@@ -109,11 +109,7 @@ def convert_multigrounding(
     on_bad_sample: str = "raise",
 ) -> Conversion:
     """MultiGrounding pickle(s) -> PHRASE, one dataset split per file (see module doc)."""
-    if box_format not in ("xywh", "xyxy"):
-        raise ValueError(f"box_format must be 'xywh' or 'xyxy', got {box_format!r}")
-    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-    if split is not None and len(paths) > 1:
-        raise ValueError("split can only be given for a single file")
+    paths = split_files(paths, split, box_format)
     bad = BadSamples(on_bad_sample)
     images = ImageSource(image_root, embed_images)
     without_boxes = 0
