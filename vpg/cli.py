@@ -23,7 +23,6 @@ import datasets
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
 
 import vpg  # noqa: F401  (imports every method so class paths and checkpoints resolve)
 from vpg.data.datamodules import VPGDataModule
@@ -119,4 +118,4 @@ def main(args: list[str] | None = None) -> None:
             torch.distributed.destroy_process_group()
 
 
-__all__ = ["VPGCLI", "main", "TensorBoardLogger"]
+__all__ = ["VPGCLI", "main"]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from vpg.clip import CLIP, get_tokenizer
 from vpg.data.transforms import clip_transform
@@ -110,8 +110,3 @@ class ClassifierEval:
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         return self.batch_logits(batch).softmax(-1)
-
-
-def frozen(module: nn.Module) -> nn.Module:
-    module.requires_grad_(False)
-    return module
