@@ -55,6 +55,14 @@ class VPGCLI(LightningCLI):
             configs = cfg.get("config") or []
             init["name"] = Path(str(configs[-1])).stem if configs else "default"
 
+    def _parse_ckpt_path(self) -> None:
+        """The config describes the model; ``--ckpt_path`` supplies weights and trainer state only.
+
+        LightningCLI (2.6) would parse the checkpoint's saved hyperparameters *over* the config and
+        the command line, so `vpg test --config X --ckpt_path C --model.init_args.k v` silently
+        ignored `k`. A config that does not match the checkpoint fails loudly in load_state_dict.
+        """
+
     # -- training-free methods: `fit` validates and makes no optimizer step
     def fit(self, model, datamodule=None, ckpt_path=None, **kwargs):
         if isinstance(model, VPGModule) and not model.has_trainable_parameters():

@@ -1,6 +1,7 @@
 """The `vpg` command end to end on vpg-shapes with the 2-block vpg-tiny CLIP."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -9,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from vpg.cli import VPGCLI, main
+from vpg.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
+from .helpers import REPO, run_cli
+
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "experiments").rglob("*.yaml"))
 
 TINY_CLS = [
@@ -32,12 +34,6 @@ TINY_PRETRAIN = [
     "--trainer.check_val_every_n_epoch", "1",
     "--trainer.enable_progress_bar", "false",
 ]
-
-
-def run_cli(args, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "experiments").exists() or (tmp_path / "experiments").symlink_to(REPO / "experiments")
-    return VPGCLI(args=args)
 
 
 def test_help_lists_subcommands():
@@ -130,6 +126,16 @@ def test_checkpoint_loads_without_manual_imports(tmp_path, monkeypatch, shapes_c
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "CLIP vpg-tiny" in out
+
+
+def test_command_line_wins_over_checkpoint_hyperparameters(tmp_path, monkeypatch, shapes_cache):
+    """Stock LightningCLI parses a checkpoint's saved hyperparameters over the command line."""
+    run_cli(["fit", *TINY_PRETRAIN, "--trainer.max_epochs", "1",
+             "--trainer.callbacks.init_args.path", str(tmp_path / "w.safetensors")], tmp_path, monkeypatch)
+    last = next((tmp_path / "logs").rglob("last.ckpt"))
+    cli = run_cli(["validate", *TINY_PRETRAIN, "--ckpt_path", str(last), "--model.init_args.max_logit_scale", "50"],
+                  tmp_path, monkeypatch)
+    assert cli.model.max_log_scale == pytest.approx(math.log(50))
 
 
 def test_configs_compose_left_to_right(tmp_path, monkeypatch, capsys):

@@ -1,32 +1,19 @@
 """FALIP through the `vpg` CLI on small vpg-shapes sets and the real COCO photos (vpg-tiny CLIP)."""
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from vpg.cli import VPGCLI
 from vpg.metrics import grounding_accuracy
 
-REPO = Path(__file__).resolve().parents[2]
+from .helpers import metrics_file, run_cli
+
 TINY = ["--model.init_args.clip.init_args.name", "vpg-tiny", "--model.init_args.clip.init_args.pretrained", "null",
         "--model.init_args.layers", "[1]", "--trainer.enable_progress_bar", "false"]
 REC = ["--config", "experiments/shapes/falip_rec.yaml", *TINY,
        "--data.init_args.options", "{num_images: 40, seed: 0}", "--data.init_args.batch_size", "16"]
-
-
-def run_cli(args, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for name in ("experiments", "tests"):
-        (tmp_path / name).exists() or (tmp_path / name).symlink_to(REPO / name)
-    return VPGCLI(args=args)
-
-
-def metrics_file(capsys) -> dict:
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    return json.loads(Path(re.fullmatch(r"metrics: (.+)", last).group(1)).read_text())["metrics"]
 
 
 def hand_accuracy(model, loader) -> float:

@@ -24,13 +24,11 @@ from vpg.data.shapes import (
     build_dataset,
     builders,
     features_for,
-    few_shot_indices,
     generate_scene,
     load_shapes,
     make_pretrain_corpus,
     parse_expression,
     resolve,
-    sample_few_shot,
 )
 from vpg.data.shapes.language import (
     Description,
@@ -305,15 +303,9 @@ def test_num_images_keeps_default_proportions():
 # Few-shot
 
 
-def test_few_shot_indices_counts_and_determinism():
-    labels = [0] * 10 + [1] * 3 + [2] * 7
-    picked = few_shot_indices(labels, shots=4, seed=0)
-    assert Counter(labels[i] for i in picked) == {0: 4, 1: 3, 2: 4}
-    assert picked == few_shot_indices(labels, shots=4, seed=0)
-    assert picked != few_shot_indices(labels, shots=4, seed=1)
+def test_shapes_cls_takes_coop_few_shot_sampling():
+    from vpg.data.convert.coop import sample_few_shot
 
-
-def test_sample_few_shot_follows_coop():
     n = len(CLS_CLASSES)
     dd = build_dataset("shapes-cls", {"train": 3 * n, "val": 5 * n, "test": n}, num_workers=1)
     few = sample_few_shot(dd, shots=2, seed=0)

@@ -73,6 +73,23 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
         return self.out_proj(out.transpose(1, 2).reshape(n, length, d))  # (N, L, D)
 
+    def attend_with_probs(self, x: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """:meth:`attend` computed explicitly, also returning the softmax probabilities.
+
+        The probabilities (N, H, L, L) are the tensor the output is computed from, so gradients
+        of anything downstream with respect to them are defined (attention explainability,
+        e.g. Chefer et al.'s GAE). Same result as :meth:`attend` up to float error; slower.
+        """
+        n, length, d = x.shape
+        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        logits = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5  # (N, H, L, L)
+        mask = _as_sdpa_mask(bias, logits.dtype)
+        if mask is not None:
+            logits = logits + mask
+        probs = logits.softmax(dim=-1)  # (N, H, L, L)
+        out = (probs @ v).transpose(1, 2).reshape(n, length, d)  # (N, L, D)
+        return self.out_proj(out), probs
+
     def cls_head_outputs(self, x: Tensor, bias_row: Tensor | None = None, kv_index: Tensor | None = None) -> Tensor:
         """Per-head attention output of the [CLS] query (row 0) only, before ``out_proj``.
 

@@ -2,7 +2,9 @@
 
 ``CLIP`` wraps an open_clip model (ViT image tower + transformer text tower) whose
 attention modules were converted to :class:`~vpg.clip.attention.Attention`, and runs both
-towers itself so methods can hook into them per call:
+towers itself so methods can hook into them per call. ResNet image towers (open_clip's
+``ModifiedResNet``: RN50, RN101, ...) are supported for the image embedding and ``dense``
+features only (see :meth:`CLIP.forward_image`); the block extension points are ViT-only.
 
 Image tower (:meth:`CLIP.forward_image`)
 - ``attn_bias``: {block: additive bias} - (N, L, L) per sample, or (N, L) for the [CLS]
@@ -10,13 +12,20 @@ Image tower (:meth:`CLIP.forward_image`)
 - ``extra_tokens``: {block: (P, D) shared or (N, P, D) per sample} - prompt tokens that
   replace the previous block's prompt tokens (VPT-deep); a prompt given only at block 0
   is carried through every block (VPT-shallow). Token order is [CLS, patches, prompts].
+  A value may also be a callable (N, 1 + h*w, D) -> (N, P, D) that generates the block's
+  prompts from its input [CLS] + patch tokens (CAVPT); it is treated as per sample.
 - ``inserts``: {block: callable (N, L, D) -> (N, L, D)} run between attention and MLP
   (HiVG's bridge; the callable carries its own per-sample context).
 - ``hidden_layers``: block indices whose outputs (N, L, D) are returned.
 - ``dense``: patch features in the joint space, "tokens" (ln_post + proj of the last
-  block's patch tokens) or "values" (MaskCLIP: value path of the last block).
+  block's patch tokens) or "values" (MaskCLIP: value path of the last block). ResNet towers:
+  "values" = the attention pool's value path (``c_proj(v_proj(x_j + pos_j))`` per spatial
+  position, MaskCLIP / TaI-DPT), "tokens" = the attention pool run with every position as query.
 - ``expand_index``: (N,) image row of each output row. Blocks before the first one that
   needs per-row input run once per image, then rows are expanded (exactly equal, cheaper).
+- ``attention_layers``: block indices whose softmax attention probabilities (N, H, L, L) are
+  returned in ``VisionOutput.attention``; those blocks compute attention explicitly, so the
+  probabilities carry gradients (GAE explainability). Rows are then expanded at once.
 
 Text tower (:meth:`CLIP.forward_text`): from token ids or from token embeddings with
 learnable context spliced in (:meth:`CLIP.splice_context`); returns the EOT feature,
@@ -37,6 +46,7 @@ from torch import Tensor, nn
 from .attention import Attention
 
 Insert = Callable[[Tensor], Tensor]
+PromptGenerator = Callable[[Tensor], Tensor]  # block input (N, 1 + hw, D) -> prompts (N, P, D)
 
 
 @dataclass
@@ -44,7 +54,8 @@ class VisionOutput:
     pooled: Tensor  # (N, E) image embedding (projected [CLS]); not normalised
     tokens: Tensor | None = None  # (N, L, D) last block output, None when only [CLS] was computed
     hidden: dict[int, Tensor] = field(default_factory=dict)  # block -> (N, L, D) block output
-    dense: Tensor | None = None  # (N, h*w, E) patch features in the joint space
+    dense: Tensor | None = None  # (N, h*w, E) patch (ResNet: spatial position) features in the joint space
+    attention: dict[int, Tensor] = field(default_factory=dict)  # block -> (N, H, L, L) softmax probabilities
 
 
 @dataclass
@@ -77,12 +88,35 @@ def _block_forward(block: nn.Module, x: Tensor, bias: Tensor | None = None, inse
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
+def _block_forward_with_attention(block: nn.Module, x: Tensor, bias: Tensor | None = None,
+                                  insert: Insert | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`_block_forward` that also returns the block's attention probabilities (N, H, L, L)."""
+    attended, probs = block.attn.attend_with_probs(block.ln_1(x), bias=bias)
+    x = x + block.ls_1(attended)
+    if insert is not None:
+        x = insert(x)
+    return x + block.ls_2(block.mlp(block.ln_2(x))), probs
+
+
 def _block_forward_cls(block: nn.Module, x: Tensor, bias_row: Tensor | None = None,
                        kv_index: Tensor | None = None) -> Tensor:
     """Output of the [CLS] row only: x (B, L, D) -> (N, 1, D). Keys/values from all rows."""
     cls = x[:, :1] if kv_index is None else x[kv_index, :1]  # (N, 1, D)
     cls = cls + block.ls_1(block.attn.attend_cls(block.ln_1(x), bias_row, kv_index)).unsqueeze(1)
     return cls + block.ls_2(block.mlp(block.ln_2(cls)))
+
+
+def _per_sample_prompts(prompts: Tensor | PromptGenerator) -> bool:
+    """(N, P, D) prompts and prompt generators differ per output row; (P, D) ones are shared."""
+    return callable(prompts) or prompts.dim() == 3
+
+
+def _block_prompts(prompts: Tensor | PromptGenerator, x: Tensor, n_patches: int) -> Tensor:
+    """A block's prompt tokens: the tensor, or the generator applied to the block's input
+    [CLS] + patch tokens (N, 1 + hw, D) (the previous block's prompts are not part of its input)."""
+    if callable(prompts):
+        prompts = prompts(x[:, : 1 + n_patches])  # (N, P, D)
+    return prompts.to(x.dtype)
 
 
 def _cls_row(bias: Tensor) -> Tensor:
@@ -112,12 +146,21 @@ class CLIP(nn.Module):
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
         v = model.visual
-        self.vision_blocks: nn.ModuleList = v.transformer.resblocks
         self.text_blocks: nn.ModuleList = model.transformer.resblocks
-        self.patch_size: tuple[int, int] = tuple(v.patch_size)
-        self.image_size: tuple[int, int] = tuple(v.image_size)
-        self.vision_width: int = v.transformer.width
-        self.vision_heads: int = self.vision_blocks[0].attn.heads
+        # "resnet": open_clip ModifiedResNet (conv trunk + attention pool); "vit" otherwise.
+        self.vision_kind: str = "resnet" if hasattr(v, "attnpool") else "vit"
+        if self.vision_kind == "resnet":
+            self.vision_blocks = nn.ModuleList()  # no transformer blocks to hook into
+            self.patch_size = (32, 32)  # the trunk's output stride: one spatial position per 32 px
+            self.image_size = (v.image_size,) * 2 if isinstance(v.image_size, int) else tuple(v.image_size)
+            self.vision_width = v.attnpool.k_proj.in_features
+            self.vision_heads = v.attnpool.num_heads
+        else:
+            self.vision_blocks: nn.ModuleList = v.transformer.resblocks
+            self.patch_size: tuple[int, int] = tuple(v.patch_size)
+            self.image_size: tuple[int, int] = tuple(v.image_size)
+            self.vision_width: int = v.transformer.width
+            self.vision_heads: int = self.vision_blocks[0].attn.heads
         self.text_width: int = model.transformer.width
         self.embed_dim: int = v.output_dim
         self.context_length: int = model.context_length
@@ -145,6 +188,17 @@ class CLIP(nn.Module):
         self.requires_grad_(False)
         return self
 
+    def train(self, mode: bool = True) -> CLIP:
+        """As nn.Module.train, but a frozen ResNet tower's BatchNorm layers stay in eval mode:
+        in train mode they would normalise with batch statistics and overwrite the running ones."""
+        super().train(mode)
+        if mode and self.vision_kind == "resnet":
+            for module in self.model.visual.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and \
+                        not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
+        return self
+
     # ------------------------------------------------------------------ image tower
     def _positional_embedding(self, grid: tuple[int, int]) -> Tensor:
         pos = self.model.visual.positional_embedding  # (1 + h0*w0, D)
@@ -158,6 +212,7 @@ class CLIP(nn.Module):
 
     def image_tokens(self, images: Tensor) -> Tensor:
         """images (B, 3, H, W) -> input tokens (B, 1 + h*w, D) after ln_pre."""
+        self._require_vit("image_tokens")
         v = self.model.visual
         x = v.conv1(images)  # (B, D, h, w)
         grid = tuple(x.shape[-2:])
@@ -175,16 +230,28 @@ class CLIP(nn.Module):
         images: Tensor,
         *,
         attn_bias: Mapping[int, Tensor] | None = None,
-        extra_tokens: Mapping[int, Tensor] | None = None,
+        extra_tokens: Mapping[int, Tensor | PromptGenerator] | None = None,
         inserts: Mapping[int, Insert] | None = None,
         hidden_layers: Sequence[int] = (),
         dense: str | None = None,
         expand_index: Tensor | None = None,
+        attention_layers: Sequence[int] = (),
     ) -> VisionOutput:
         """Run the image tower with optional extensions (see the module docstring)."""
+        if attention_layers:
+            self._require_vit("attention_layers")
+        if self.vision_kind == "resnet":
+            unsupported = [name for name, value in (("attn_bias", attn_bias), ("extra_tokens", extra_tokens),
+                                                    ("inserts", inserts), ("hidden_layers", hidden_layers))
+                           if value] + (["expand_index"] if expand_index is not None else [])
+            if unsupported:
+                raise NotImplementedError(f"{self.name} has a ResNet image tower: {unsupported} need a ViT; "
+                                          "ResNet towers support the image embedding and `dense` only")
+            return self._forward_resnet(images, dense)
         attn_bias, extra_tokens, inserts = dict(attn_bias or {}), dict(extra_tokens or {}), dict(inserts or {})
         n_layers = self.num_vision_layers
         hidden_layers = sorted({self._check_layer(i, n_layers) for i in hidden_layers})
+        attention_layers = {self._check_layer(i, n_layers) for i in attention_layers}
         for i in (*attn_bias, *extra_tokens, *inserts):
             self._check_layer(i, n_layers)
         if dense not in (None, "tokens", "values"):
@@ -194,23 +261,26 @@ class CLIP(nn.Module):
         n_patches = x.shape[1] - 1
 
         # Rows stay per image until the first block that needs per-row input.
-        per_row = [*attn_bias, *inserts, *(i for i, t in extra_tokens.items() if t.dim() == 3)]
+        per_row = [*attn_bias, *inserts, *(i for i, t in extra_tokens.items() if _per_sample_prompts(t))]
         first_per_row = min(per_row) if (expand_index is not None and per_row) else None
-        if expand_index is not None and first_per_row is None:
-            x, expand_index = x[expand_index], None  # nothing per row: expand at once
+        if expand_index is not None and (first_per_row is None or attention_layers):
+            # nothing per row, or attention maps asked for (kept simple: every block runs per row)
+            x, expand_index, first_per_row = x[expand_index], None, None
         last = n_layers - 1
         # Only the [CLS] output of the last block is needed unless tokens are asked for.
-        cls_only_last = dense != "tokens" and last not in hidden_layers and last not in inserts
+        cls_only_last = (dense != "tokens" and last not in hidden_layers and last not in inserts
+                         and last not in attention_layers)
         hidden: dict[int, Tensor] = {}
+        attention: dict[int, Tensor] = {}
         dense_out = None
         for i, block in enumerate(self.vision_blocks):
             bias = attn_bias.get(i)
-            row_prompts = i in extra_tokens and extra_tokens[i].dim() == 3
+            row_prompts = i in extra_tokens and _per_sample_prompts(extra_tokens[i])
             cls_bias_only = bias is not None and bias.dim() == 2 and not row_prompts and i not in inserts
             if expand_index is not None and i == first_per_row and not cls_bias_only:
                 x, expand_index = x[expand_index], None
             if i in extra_tokens:  # replace the previous prompt tokens (VPT-deep) or add the first ones
-                prompts = extra_tokens[i].to(x.dtype)
+                prompts = _block_prompts(extra_tokens[i], x, n_patches)
                 if prompts.dim() == 2:
                     prompts = prompts.expand(x.shape[0], -1, -1)  # (N, P, D) shared
                 x = torch.cat([x[:, : 1 + n_patches], prompts], dim=1)
@@ -231,14 +301,18 @@ class CLIP(nn.Module):
                     full = bias.new_zeros(bias.shape[0], bias.shape[1], bias.shape[1])
                     full[:, 0] = bias
                     bias = full
-                x = _block_forward(block, x, bias, inserts.get(i))
+                if i in attention_layers:
+                    x, attention[i] = _block_forward_with_attention(block, x, bias, inserts.get(i))
+                else:
+                    x = _block_forward(block, x, bias, inserts.get(i))
             if i in hidden_layers:  # always per output row
                 hidden[i] = x if expand_index is None else x[expand_index]
         if expand_index is not None:  # no block needed per-row input (checked above); kept for clarity
             x = x[expand_index]
         if dense == "tokens":
             dense_out = self._project_image(x[:, 1 : 1 + n_patches])
-        return VisionOutput(pooled=self._project_image(x[:, 0]), tokens=x, hidden=hidden, dense=dense_out)
+        return VisionOutput(pooled=self._project_image(x[:, 0]), tokens=x, hidden=hidden, dense=dense_out,
+                            attention=attention)
 
     def _maskclip_values(self, block: nn.Module, x: Tensor, n_patches: int, expand_index: Tensor | None) -> Tensor:
         """MaskCLIP dense features: the last block's value path (no q-k mixing), projected."""
@@ -246,6 +320,51 @@ class CLIP(nn.Module):
         v = attn.out_proj(attn.v_proj(block.ln_1(x[:, 1 : 1 + n_patches])))  # (B, hw, D)
         v = self._project_image(v)  # (B, hw, E)
         return v if expand_index is None else v[expand_index]
+
+    def _attnpool_positional_embedding(self, grid: tuple[int, int]) -> Tensor:
+        """The attention pool's (1 + h*w, C) position embedding, its spatial part resampled
+        (bicubic) when the input size differs from the configured one; the pooled slot is kept."""
+        pos = self.model.visual.attnpool.positional_embedding  # (1 + s*s, C)
+        side = round((pos.shape[0] - 1) ** 0.5)
+        if tuple(grid) == (side, side):
+            return pos
+        spatial = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        spatial = F.interpolate(spatial.float(), size=grid, mode="bicubic", align_corners=False).to(pos.dtype)
+        return torch.cat([pos[:1], spatial.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)], dim=0)
+
+    def _forward_resnet(self, images: Tensor, dense: str | None) -> VisionOutput:
+        """ModifiedResNet: conv trunk, then open_clip's attention pool computed here (same maths:
+        the query is the mean token, keys/values are [mean, spatial] + position embedding) so the
+        value path can be read out per position and other input sizes work."""
+        if dense not in (None, "tokens", "values"):
+            raise ValueError(f"dense must be None, 'tokens' or 'values', got {dense!r}")
+        v = self.model.visual
+        pool = v.attnpool
+        fmap = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(images)))))  # (B, C, h, w)
+        grid = tuple(fmap.shape[-2:])
+        x = fmap.flatten(2).transpose(1, 2)  # (B, hw, C)
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)  # (B, 1 + hw, C): [pooled slot, spatial]
+        x = x + self._attnpool_positional_embedding(grid).to(x.dtype)
+        n, length, width = x.shape
+        heads = pool.num_heads
+
+        def split(t: Tensor) -> Tensor:  # (B, L', C) -> (B, heads, L', C / heads)
+            return t.view(n, t.shape[1], heads, width // heads).transpose(1, 2)
+
+        queries = x if dense == "tokens" else x[:, :1]  # every position as query only when asked
+        out = F.scaled_dot_product_attention(split(pool.q_proj(queries)), split(pool.k_proj(x)),
+                                             split(pool.v_proj(x)))  # (B, heads, Lq, C / heads)
+        out = pool.c_proj(out.transpose(1, 2).reshape(n, queries.shape[1], width))  # (B, Lq, E)
+        dense_out = None
+        if dense == "values":  # MaskCLIP: no query-key mixing, each position's own value, projected
+            dense_out = pool.c_proj(pool.v_proj(x[:, 1:]))  # (B, hw, E)
+        elif dense == "tokens":
+            dense_out = out[:, 1:]  # (B, hw, E)
+        return VisionOutput(pooled=out[:, 0], dense=dense_out)
+
+    def _require_vit(self, what: str) -> None:
+        if self.vision_kind != "vit":
+            raise NotImplementedError(f"{what} needs a ViT image tower; {self.name} has a ResNet one")
 
     @staticmethod
     def _check_layer(i: int, n: int) -> int:
@@ -259,7 +378,7 @@ class CLIP(nn.Module):
         return F.normalize(feats, dim=-1) if normalize else feats
 
     def decompose_image_cls(self, images: Tensor, *, attn_bias: Mapping[int, Tensor] | None = None,
-                            extra_tokens: Mapping[int, Tensor] | None = None,
+                            extra_tokens: Mapping[int, Tensor | PromptGenerator] | None = None,
                             inserts: Mapping[int, Insert] | None = None) -> CLSDecomposition:
         """Split the image embedding into embedding + per-block per-head attention + MLP parts.
 
@@ -267,6 +386,7 @@ class CLIP(nn.Module):
         LN(Σc) = Σ γ(c - mean c)/σ + β, so each residual contribution is mapped through
         γ(·)/σ @ proj and the parts sum to the real embedding (up to float error).
         """
+        self._require_vit("decompose_image_cls")
         attn_bias, extra_tokens, inserts = dict(attn_bias or {}), dict(extra_tokens or {}), dict(inserts or {})
         x = self.image_tokens(images)
         n, layers, heads = x.shape[0], self.num_vision_layers, self.vision_heads
@@ -278,7 +398,7 @@ class CLIP(nn.Module):
         insert_parts = x.new_zeros(n, layers, d)
         for i, block in enumerate(self.vision_blocks):
             if i in extra_tokens:
-                prompts = extra_tokens[i].to(x.dtype)
+                prompts = _block_prompts(extra_tokens[i], x, n_patches)
                 prompts = prompts.expand(n, -1, -1) if prompts.dim() == 2 else prompts
                 x = torch.cat([x[:, : 1 + n_patches], prompts], dim=1)
             bias = attn_bias.get(i)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
@@ -42,19 +43,28 @@ def _looks_like_path(pretrained: str) -> bool:
 
 
 def convert_attention(model: nn.Module) -> nn.Module:
-    """Replace every nn.MultiheadAttention of the ViT and text transformers by vpg's Attention."""
-    if not isinstance(getattr(model, "visual", None), VisionTransformer):
+    """Replace every nn.MultiheadAttention of the ViT and text transformers by vpg's Attention.
+
+    A ModifiedResNet image tower (RN50, ...) is kept as it is: the core runs its attention pool itself.
+    """
+    resnet = isinstance(getattr(model, "visual", None), ModifiedResNet)
+    if not resnet and not isinstance(getattr(model, "visual", None), VisionTransformer):
         kind = type(getattr(model, "visual", model)).__name__
-        raise NotImplementedError(f"vpg's core supports open_clip ViT image towers; this model has {kind}")
+        raise NotImplementedError(f"vpg's core supports open_clip ViT and ModifiedResNet image towers; "
+                                  f"this model has {kind}")
     if not hasattr(model, "transformer") or not hasattr(model, "token_embedding"):
         raise NotImplementedError("vpg's core supports open_clip's built-in text transformer (CLIP class)")
-    for tower in (model.visual.transformer, model.transformer):
+    if resnet:
+        towers = (model.transformer,)
+    else:
+        towers = (model.visual.transformer, model.transformer)
+    for tower in towers:
         for block in tower.resblocks:
             if not isinstance(block, ResidualAttentionBlock) or not isinstance(block.attn, nn.MultiheadAttention):
                 raise NotImplementedError(f"unsupported block type {type(block).__name__} (custom attention)")
             block.attn = Attention.from_multihead(block.attn)
     v = model.visual
-    if getattr(v, "attn_pool", None) is not None or v.pool_type != "tok":
+    if not resnet and (getattr(v, "attn_pool", None) is not None or v.pool_type != "tok"):
         raise NotImplementedError("vpg's core supports [CLS]-token pooling ViTs (no attentional pooling)")
     return model
 

@@ -3,6 +3,8 @@
 from .base import VPGModule
 from .clip_pretrain import CLIPPretraining
 from .falip import FALIPClassifier, FALIPPointCloud, FALIPRec  # noqa: F401  (FALIP; see vpg/methods/falip.py)
+from .tai_dpt import TaIDPT  # noqa: F401  (TaI-DPT; see vpg/methods/tai_dpt.py)
+from .wsg import CLIPMapGrounding, WSGGrounding  # noqa: F401  (WWbL / VPT-WSG; see vpg/methods/wsg.py)
 from .zeroshot import ZeroShotClassifier
 
 __all__ = ["VPGModule", "CLIPPretraining", "ZeroShotClassifier"]

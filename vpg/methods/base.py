@@ -42,6 +42,21 @@ class VPGModule(L.LightningModule):
         feats = F.normalize(self.clip.encode_text(tokens), dim=-1).view(len(class_names), len(templates), -1)
         return F.normalize(feats.mean(1), dim=-1)  # (C, E)
 
+    # -- evaluation splits
+    def test_split_names(self) -> list[str]:
+        """Names of the DataModule's test splits, in dataloader order (["test"] without a DataModule)."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(dm, "test_split_names", None) or getattr(dm, "test_splits", None) or ["test"]
+        return [str(n) for n in names]
+
+    def split_name(self, stage: str, dataloader_idx: int = 0) -> str:
+        """The split a validation / test dataloader index reads (log keys carry it)."""
+        if stage == "val":
+            dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+            return str(getattr(dm, "val_split", None) or "val")
+        names = self.test_split_names()
+        return names[dataloader_idx] if dataloader_idx < len(names) else f"test{dataloader_idx}"
+
     # -- trainable parameters
     def trainable_summary(self) -> dict[str, int]:
         """Trainable parameter count per top-level child (plus 'total')."""

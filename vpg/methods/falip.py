@@ -148,14 +148,6 @@ class _FovealPrompting(VPGModule):
         heads_plain = without.attn_heads[index][:, layers]  # (N, |layers|, H, E): G
         return with_prompt.total() + (heads_prompted - heads_plain).sum((1, 2))  # (N, E)
 
-    @torch.no_grad()
-    def _split_name(self, stage: str, dataloader_idx: int) -> str:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if stage == "val":
-            return str(getattr(dm, "val_split", None) or "val")
-        names = getattr(dm, "test_split_names", None) or getattr(dm, "test_splits", None) or ["test"]
-        return str(names[dataloader_idx]) if dataloader_idx < len(names) else f"test{dataloader_idx}"
-
 
 # ---------------------------------------------------------------------------------------------- REC
 
@@ -340,16 +332,14 @@ class FALIPRec(_FovealPrompting):
     # -- Lightning
     def setup(self, stage: str) -> None:
         self.metrics["val"] = GroundingAccuracy(self.iou_threshold)
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        names = getattr(dm, "test_split_names", None) or getattr(dm, "test_splits", None) or ["test"]
-        for name in names:
+        for name in self.test_split_names():
             self.metrics[f"test_{name}"] = GroundingAccuracy(self.iou_threshold)
 
     def _generator(self, batch_idx: int, dataloader_idx: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(self.seed + 1_000_003 * dataloader_idx + batch_idx)
 
     def _eval_step(self, batch: dict, batch_idx: int, dataloader_idx: int, stage: str) -> None:
-        split = self._split_name(stage, dataloader_idx)
+        split = self.split_name(stage, dataloader_idx)
         out = self(batch, split, self._generator(batch_idx, dataloader_idx))
         key = "val" if stage == "val" else f"test_{split}"
         if key not in self.metrics:
@@ -368,7 +358,7 @@ class FALIPRec(_FovealPrompting):
         self._eval_step(batch, batch_idx, dataloader_idx, "test")
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        split = self._split_name("test", dataloader_idx) if self.subtract else None
+        split = self.split_name("test", dataloader_idx) if self.subtract else None
         out = self(batch, split, self._generator(batch_idx, dataloader_idx))
         results = prediction_records(batch, out)
         target = Path(self.prediction_dir or Path(self.trainer.log_dir or ".") / "predictions")

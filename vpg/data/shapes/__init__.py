@@ -18,11 +18,9 @@ from vpg.data.shapes.builders import (
     canonical_name,
     default_cache_dir,
     features_for,
-    few_shot_indices,
     item_rng,
     load_shapes,
     make_pretrain_corpus,
-    sample_few_shot,
 )
 from vpg.data.shapes.language import RefSemantics, parse_expression, resolve
 from vpg.data.shapes.primitives3d import PRIMITIVES_3D, make_point_cloud
@@ -60,7 +58,6 @@ __all__ = [
     "canonical_name",
     "default_cache_dir",
     "features_for",
-    "few_shot_indices",
     "generate_scene",
     "item_rng",
     "load_shapes",
@@ -68,5 +65,4 @@ __all__ = [
     "make_point_cloud",
     "parse_expression",
     "resolve",
-    "sample_few_shot",
 ]

@@ -36,7 +36,6 @@ import os
 import shutil
 import uuid
 import zlib
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -534,43 +533,6 @@ def load_shapes(
     return load_from_disk(str(target))
 
 
-# ---------------------------------------------------------------------------------------------
-# Few-shot sampling (CoOp protocol)
-
-
-def few_shot_indices(labels: Sequence[int], shots: int, seed: int) -> list[int]:
-    """Sorted indices of ``shots`` random examples per class (all of a class if it has fewer).
-
-    Each class draws from its own generator ``default_rng([seed, class])``, so a class's
-    sample does not depend on which other classes are present.
-    """
-    labels = np.asarray(list(labels))  # (N,); list() also accepts datasets' lazy Column
-    picked: list[int] = []
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)  # (M,)
-        rng = np.random.default_rng([seed, int(label)])
-        picked.extend(int(i) for i in rng.choice(members, size=min(shots, len(members)), replace=False))
-    return sorted(picked)
-
-
-def sample_few_shot(
-    dataset_dict: DatasetDict, shots: int, seed: int, label_column: str = "label"
-) -> DatasetDict:
-    """CoOp's few-shot protocol: K per class from train, min(K, 4) per class from val
-    ("val" or "validation"); every other split (test) is kept whole."""
-    out = {}
-    for split, dataset in dataset_dict.items():
-        if split == "train":
-            k = shots
-        elif split in ("val", "validation"):
-            k = min(shots, 4)
-        else:
-            out[split] = dataset
-            continue
-        out[split] = dataset.select(few_shot_indices(list(dataset[label_column]), k, seed))
-    return DatasetDict(out)
-
-
 __all__ = [
     "CLS_CLASSES",
     "DATASET_NAMES",
@@ -583,10 +545,8 @@ __all__ = [
     "canonical_name",
     "default_cache_dir",
     "features_for",
-    "few_shot_indices",
     "generate_rows",
     "item_rng",
     "load_shapes",
     "make_pretrain_corpus",
-    "sample_few_shot",
 ]
