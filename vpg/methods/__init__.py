@@ -1,6 +1,7 @@
 """One LightningModule per method. Importing vpg imports them all, so checkpoints' class paths resolve."""
 
 from .base import VPGModule
+from .cavpt import PromptTuningClassifier  # noqa: F401  (CoOp / VPT / CAVPT variants; see vpg/methods/cavpt.py)
 from .clip_pretrain import CLIPPretraining
 from .falip import FALIPClassifier, FALIPPointCloud, FALIPRec  # noqa: F401  (FALIP; see vpg/methods/falip.py)
 from .tai_dpt import TaIDPT  # noqa: F401  (TaI-DPT; see vpg/methods/tai_dpt.py)
