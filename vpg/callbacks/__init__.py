@@ -1,3 +1,4 @@
 from .export import ExportCLIPWeights
+from .hilora import HiLoRAScheduler, LoRAStage
 
-__all__ = ["ExportCLIPWeights"]
+__all__ = ["ExportCLIPWeights", "HiLoRAScheduler", "LoRAStage"]

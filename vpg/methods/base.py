@@ -125,3 +125,29 @@ class ClassifierEval:
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         return self.batch_logits(batch).softmax(-1)
+
+
+class GroundingEval:
+    """Mixin for box-predicting methods (REC): Acc@``iou_threshold`` per stage and test split,
+    logged as ``val/acc@0.5`` and ``test/acc@0.5/<split>`` from separate metric objects.
+    Subclasses set ``iou_threshold`` and a ``metrics`` ModuleDict and call :meth:`setup_grounding`
+    from ``setup``."""
+
+    def setup_grounding(self) -> None:
+        from vpg.metrics import GroundingAccuracy
+
+        self.metrics["val"] = GroundingAccuracy(self.iou_threshold)
+        for name in self.test_split_names():
+            self.metrics[f"test_{name}"] = GroundingAccuracy(self.iou_threshold)
+
+    def log_grounding(self, pred_boxes: Tensor, gold_boxes: Tensor, stage: str, split: str) -> None:
+        """Update and log the Acc@t of one evaluation batch (boxes (B, 4) xyxy)."""
+        from vpg.metrics import GroundingAccuracy
+
+        key = "val" if stage == "val" else f"test_{split}"
+        if key not in self.metrics:  # a split the DataModule did not announce at setup
+            self.metrics[key] = GroundingAccuracy(self.iou_threshold).to(self.device)
+        self.metrics[key].update(pred_boxes, gold_boxes)
+        name = f"val/acc@{self.iou_threshold:g}" if stage == "val" else f"test/acc@{self.iou_threshold:g}/{split}"
+        self.log(name, self.metrics[key], on_epoch=True, prog_bar=True, add_dataloader_idx=False,
+                 batch_size=len(gold_boxes))

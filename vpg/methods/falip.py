@@ -29,11 +29,10 @@ from torch import Tensor
 from vpg.clip import CLIP
 from vpg.data.pointcloud import depth_to_rgb, project_depth_maps
 from vpg.data.transforms import clip_transform
-from vpg.metrics import GroundingAccuracy
 from vpg.modules.foveal import FORMS, foveal_mask, mask_boxes, resolve_layers
 from vpg.modules.visual_prompts import edit_images
 
-from .base import ClassifierEval, VPGModule
+from .base import ClassifierEval, GroundingEval, VPGModule
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +186,7 @@ def subtract_negatives(text: Tensor, negatives_mean: Tensor, region: Tensor) -> 
     return torch.einsum("bke,be->bk", region, text - negatives_mean)
 
 
-class FALIPRec(_FovealPrompting):
+class FALIPRec(GroundingEval, _FovealPrompting):
     """Zero-shot REC: rank the candidate boxes of each (image, expression) sample.
 
     Batch (REF contract): image (B,3,S,S), candidates (B,K,4) xyxy input pixels, candidate_mask
@@ -331,9 +330,7 @@ class FALIPRec(_FovealPrompting):
 
     # -- Lightning
     def setup(self, stage: str) -> None:
-        self.metrics["val"] = GroundingAccuracy(self.iou_threshold)
-        for name in self.test_split_names():
-            self.metrics[f"test_{name}"] = GroundingAccuracy(self.iou_threshold)
+        self.setup_grounding()
 
     def _generator(self, batch_idx: int, dataloader_idx: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(self.seed + 1_000_003 * dataloader_idx + batch_idx)
@@ -341,13 +338,7 @@ class FALIPRec(_FovealPrompting):
     def _eval_step(self, batch: dict, batch_idx: int, dataloader_idx: int, stage: str) -> None:
         split = self.split_name(stage, dataloader_idx)
         out = self(batch, split, self._generator(batch_idx, dataloader_idx))
-        key = "val" if stage == "val" else f"test_{split}"
-        if key not in self.metrics:
-            self.metrics[key] = GroundingAccuracy(self.iou_threshold).to(self.device)
-        self.metrics[key].update(out["box"], batch["gold"])
-        name = f"val/acc@{self.iou_threshold:g}" if stage == "val" else f"test/acc@{self.iou_threshold:g}/{split}"
-        self.log(name, self.metrics[key], on_epoch=True, prog_bar=True, add_dataloader_idx=False,
-                 batch_size=len(batch["gold"]))
+        self.log_grounding(out["box"], batch["gold"], stage, split)
         if batch_idx == 0 and self.log_images:
             self._log_pictures(batch, out, f"{stage}/{split}")
 
