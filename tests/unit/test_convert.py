@@ -873,7 +873,7 @@ def test_cli_help_for_every_format(capsys):
     from vpg.data.convert.cli import build_parser
 
     formats = list(build_parser()._subparsers._group_actions[0].choices)
-    assert len(formats) == 13
+    assert len(formats) == 17
     for name in formats:
         with pytest.raises(SystemExit) as exit_info:
             cli_main([name, "--help"])

@@ -10,7 +10,10 @@ from .common import BadSamples, Conversion, ConversionError
 from .coop import apply_coop_split, convert_coop_split, read_coop_split, sample_few_shot
 from .cub import convert_cub
 from .flickr30k import convert_flickr30k_entities, parse_annotation_xml, parse_sentence, parse_sentences_file
+from .gold_candidates import convert_gold_candidates
 from .hivg import convert_hivg
+from .imagenet_s import convert_imagenet_s
+from .modelnet40 import convert_modelnet40
 from .multigrounding import convert_multigrounding
 from .nuswide import convert_nuswide
 from .reclip import attach_detections, convert_reclip_jsonl, load_detections
@@ -18,6 +21,7 @@ from .refer import convert_refer
 from .stanford_dogs import convert_stanford_dogs
 from .vg import convert_vg_regions
 from .voc import convert_voc
+from .waterbirds import convert_waterbirds
 
 __all__ = [
     "BadSamples",
@@ -30,7 +34,10 @@ __all__ = [
     "convert_coop_split",
     "convert_cub",
     "convert_flickr30k_entities",
+    "convert_gold_candidates",
     "convert_hivg",
+    "convert_imagenet_s",
+    "convert_modelnet40",
     "convert_multigrounding",
     "convert_nuswide",
     "convert_reclip_jsonl",
@@ -38,6 +45,7 @@ __all__ = [
     "convert_stanford_dogs",
     "convert_vg_regions",
     "convert_voc",
+    "convert_waterbirds",
     "load_detections",
     "parse_annotation_xml",
     "parse_sentence",

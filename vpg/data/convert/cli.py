@@ -6,11 +6,45 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import coco, coop, cub, flickr30k, hivg, multigrounding, nuswide, reclip, refer, stanford_dogs, vg, voc
+from . import (
+    coco,
+    coop,
+    cub,
+    flickr30k,
+    gold_candidates,
+    hivg,
+    imagenet_s,
+    modelnet40,
+    multigrounding,
+    nuswide,
+    reclip,
+    refer,
+    stanford_dogs,
+    vg,
+    voc,
+    waterbirds,
+)
 from .common import ConversionError, eprint
 
 # Order of the subcommands in ``--help``.
-MODULES = (refer, reclip, hivg, multigrounding, flickr30k, vg, coco, coop, voc, nuswide, cub, stanford_dogs)
+MODULES = (
+    refer,
+    reclip,
+    gold_candidates,
+    hivg,
+    multigrounding,
+    flickr30k,
+    vg,
+    coco,
+    coop,
+    voc,
+    nuswide,
+    cub,
+    stanford_dogs,
+    imagenet_s,
+    waterbirds,
+    modelnet40,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
