@@ -53,20 +53,23 @@ def main(argv: list[str] | None = None) -> None:
                                            "--model.init_args.map_kind", kind]), time.time() - start))
         print(f"{label}: done", file=sys.stderr, flush=True)
     start = time.time()
+    stage1 = STAGE1_CKPT
     if opts.retrain or not Path(STAGE1_CKPT).is_file():
-        cli(["fit", "--config", "experiments/shapes/wsg_wwbl.yaml"])
+        # Lightning names a new last checkpoint last-v1.ckpt when last.ckpt exists: use what it wrote
+        stage1 = cli(["fit", "--config", "experiments/shapes/wsg_wwbl.yaml"]).trainer.checkpoint_callback.last_model_path
     rows.append(("WWbL stage 1", *test_metrics(["--config", "experiments/shapes/wsg_wwbl.yaml",
-                                                "--ckpt_path", STAGE1_CKPT]), time.time() - start))
+                                                "--ckpt_path", stage1]), time.time() - start))
     print("stage 1: done", file=sys.stderr, flush=True)
     for prompt in PROMPTS:
         start = time.time()
         ckpt_dir = f"logs/wsg_vpt_shapes_{prompt}/checkpoints"
         common = ["--config", "experiments/shapes/wsg_vpt.yaml", "--model.init_args.prompt", prompt,
-                  "--model.init_args.init_from", STAGE1_CKPT]
-        cli(["fit", *common, "--trainer.limit_val_batches", "0", "--checkpoint.monitor", "null",
-             "--checkpoint.dirpath", ckpt_dir, "--trainer.logger.init_args.name", f"wsg_vpt_shapes_{prompt}"])
+                  "--model.init_args.init_from", stage1]
+        fit = cli(["fit", *common, "--trainer.limit_val_batches", "0", "--checkpoint.monitor", "null",
+                   "--checkpoint.dirpath", ckpt_dir, "--trainer.logger.init_args.name", f"wsg_vpt_shapes_{prompt}"])
+        last = fit.trainer.checkpoint_callback.last_model_path  # last-vN.ckpt when an older last.ckpt exists
         rows.append((f"VPT-WSG stage 2, prompt = {prompt}",
-                     *test_metrics([*common, "--ckpt_path", f"{ckpt_dir}/last.ckpt"]), time.time() - start))
+                     *test_metrics([*common, "--ckpt_path", last]), time.time() - start))
         print(f"stage 2 {prompt}: done", file=sys.stderr, flush=True)
     print("| shapes-phrase test (entity units) | pointing | bbox acc | wall (s) |\n| --- | ---: | ---: | ---: |")
     for label, pointing, bbox, wall in rows:

@@ -20,20 +20,31 @@ from vpg.cli import VPGCLI
 CHECKPOINT = Path("checkpoints/vpg_shapes_clip.safetensors")
 PICTURE = Path("docs/demo_shapes_ref.png")
 
-# (row label, metric label, CLI arguments, metric key)
+# (row label, metric label, CLI arguments, metric key). A `fit` run is followed by `vpg test`
+# of the checkpoint it selected (best on validation when the config monitors a metric, else last).
 RUNS = [
     ("zero-shot classification, shapes-cls test", "top-1",
      ["test", "--config", "experiments/shapes/zeroshot_cls.yaml"], "test/acc@1"),
     ("FALIP zero-shot REC (form a), shapes-ref testA", "Acc@0.5",
      ["test", "--config", "experiments/shapes/falip_rec.yaml", "--data.init_args.test_splits", "[testA]"], "test/acc@0.5/testA"),
+    ("CLIP GAE heatmaps (VPT-WSG baseline), shapes-phrase test", "pointing",
+     ["test", "--config", "experiments/shapes/wsg_clip.yaml"], "test/pointing/test"),
+    ("TaI-DPT, trained on caption text only, shapes-multilabel test", "mAP",
+     ["fit", "--config", "experiments/shapes/tai_dpt.yaml"], "test/mAP"),
+    ("CAVPT (VLP-CLIP-CAVPT) 16-shot, seed 1, shapes-cls test", "top-1",
+     ["fit", "--config", "experiments/shapes/cavpt.yaml"], "test/acc@1"),
 ]
 
 
 def run_experiment(args: list[str]) -> dict[str, float]:
-    """One `vpg` command in-process; its Lightning output is kept quiet."""
+    """One `vpg` command in-process (a `fit` then tests its checkpoint); Lightning output kept quiet."""
     quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     with contextlib.redirect_stdout(io.StringIO()):
         cli = VPGCLI(args=[*args, *quiet])
+        if args[0] == "fit":
+            checkpoints = cli.trainer.checkpoint_callback
+            chosen = checkpoints.best_model_path or checkpoints.last_model_path
+            cli = VPGCLI(args=["test", *args[1:], *quiet, "--ckpt_path", chosen])
     return {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
 
 
