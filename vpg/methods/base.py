@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -56,6 +57,12 @@ class VPGModule(L.LightningModule):
             return str(getattr(dm, "val_split", None) or "val")
         names = self.test_split_names()
         return names[dataloader_idx] if dataloader_idx < len(names) else f"test{dataloader_idx}"
+
+    def prediction_path(self) -> Path:
+        """Where `vpg predict` writes files: ``prediction_dir`` if the method has one set, else
+        <log_dir>/predictions."""
+        chosen = getattr(self, "prediction_dir", None)
+        return Path(chosen or Path(self.trainer.log_dir or ".") / "predictions")
 
     # -- trainable parameters
     def trainable_summary(self) -> dict[str, int]:
@@ -130,8 +137,8 @@ class ClassifierEval:
 class GroundingEval:
     """Mixin for box-predicting methods (REC): Acc@``iou_threshold`` per stage and test split,
     logged as ``val/acc@0.5`` and ``test/acc@0.5/<split>`` from separate metric objects.
-    Subclasses set ``iou_threshold`` and a ``metrics`` ModuleDict and call :meth:`setup_grounding`
-    from ``setup``."""
+    Subclasses set ``iou_threshold`` and a ``metrics`` ModuleDict, call :meth:`setup_grounding`
+    from ``setup`` and implement ``_eval_step(batch, batch_idx, dataloader_idx, stage)``."""
 
     def setup_grounding(self) -> None:
         from vpg.metrics import GroundingAccuracy
@@ -139,6 +146,15 @@ class GroundingEval:
         self.metrics["val"] = GroundingAccuracy(self.iou_threshold)
         for name in self.test_split_names():
             self.metrics[f"test_{name}"] = GroundingAccuracy(self.iou_threshold)
+
+    def _eval_step(self, batch: dict, batch_idx: int, dataloader_idx: int, stage: str) -> None:
+        raise NotImplementedError
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._eval_step(batch, batch_idx, dataloader_idx, "val")
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._eval_step(batch, batch_idx, dataloader_idx, "test")
 
     def log_grounding(self, pred_boxes: Tensor, gold_boxes: Tensor, stage: str, split: str) -> None:
         """Update and log the Acc@t of one evaluation batch (boxes (B, 4) xyxy)."""

@@ -342,17 +342,11 @@ class FALIPRec(GroundingEval, _FovealPrompting):
         if batch_idx == 0 and self.log_images:
             self._log_pictures(batch, out, f"{stage}/{split}")
 
-    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        self._eval_step(batch, batch_idx, dataloader_idx, "val")
-
-    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        self._eval_step(batch, batch_idx, dataloader_idx, "test")
-
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
         split = self.split_name("test", dataloader_idx) if self.subtract else None
         out = self(batch, split, self._generator(batch_idx, dataloader_idx))
         results = prediction_records(batch, out)
-        target = Path(self.prediction_dir or Path(self.trainer.log_dir or ".") / "predictions")
+        target = self.prediction_path()
         write_predictions(results, batch, out, target, first_index=batch_idx * len(results))
         return results
 

@@ -204,16 +204,10 @@ class HiVG(GroundingEval, StagedLoRA, VPGModule):
         if batch_idx == 0 and self.log_images:
             self._log_pictures(batch, out, f"{stage}/{split}")
 
-    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        self._eval_step(batch, batch_idx, dataloader_idx, "val")
-
-    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        self._eval_step(batch, batch_idx, dataloader_idx, "test")
-
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
         out = self(batch["image"], batch["text"])
         records = prediction_records(batch, out)
-        target = Path(self.prediction_dir or Path(self.trainer.log_dir or ".") / "predictions")
+        target = self.prediction_path()
         write_predictions(records, batch, out, target, self.mean, self.std, first_index=batch_idx * len(records))
         return records
 

@@ -258,7 +258,7 @@ class _HeatmapGrounding(VPGModule):
     # -- vpg predict
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
         heat = self.heatmaps(batch)  # (B, S, S)
-        target = Path(self.prediction_dir or Path(self.trainer.log_dir or ".") / "predictions")
+        target = self.prediction_path()
         return write_heatmap_predictions(batch, heat, target, self.batch_texts(batch), self.box_protocol,
                                          mean=self.clip.image_mean, std=self.clip.image_std,
                                          first_index=batch_idx * len(heat))
