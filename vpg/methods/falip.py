@@ -363,18 +363,11 @@ class FALIPRec(GroundingEval, _FovealPrompting):
 # -- pictures and prediction files
 
 
-def denormalise(image: Tensor, mean: Sequence[float], std: Sequence[float]):
-    """(3, H, W) normalised -> PIL image."""
-    from PIL import Image
-
-    pixels = image.detach().float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
-    array = (pixels.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()  # (H, W, 3)
-    return Image.fromarray(array, "RGB")
 
 
 def prediction_picture(batch: dict, out: dict, mean, std, count: int = 8, size: int = 192):
     """Grid: input image, candidates (grey), gold (green), prediction (red), expression below."""
-    from vpg.utils.visualize import GOLD, OTHER, PRED, caption_below, draw_boxes, grid
+    from vpg.utils.visualize import GOLD, OTHER, PRED, caption_below, denormalise, draw_boxes, grid
 
     tiles = []
     for b in range(min(count, len(batch["image"]))):  # a few pictures for a human, not compute
@@ -422,7 +415,7 @@ def write_predictions(records: list[dict], batch: dict, out: dict, directory: Pa
     """One JSON + one PNG per sample: ``<n>.json`` and ``<n>.png`` (chosen box red, others grey)."""
     from PIL import Image
 
-    from vpg.utils.visualize import OTHER, PRED, caption_below, draw_boxes
+    from vpg.utils.visualize import OTHER, PRED, caption_below, denormalise, draw_boxes
 
     directory.mkdir(parents=True, exist_ok=True)
     paths = batch.get("image_path")

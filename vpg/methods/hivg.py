@@ -238,21 +238,15 @@ class HiVG(GroundingEval, StagedLoRA, VPGModule):
 # -- pictures and prediction files
 
 
-def _denormalise(image: Tensor, mean, std):
-    """(3, H, W) normalised -> PIL image."""
-    from PIL import Image
-
-    pixels = image.detach().float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
-    return Image.fromarray((pixels.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy(), "RGB")
 
 
 def prediction_picture(batch: dict, out: dict, mean, std, count: int = 8, size: int = 192):
     """Grid of model inputs: gold box (green), prediction (red), expression below."""
-    from vpg.utils.visualize import GOLD, PRED, caption_below, draw_boxes, grid
+    from vpg.utils.visualize import GOLD, PRED, caption_below, denormalise, draw_boxes, grid
 
     tiles = []
     for b in range(min(count, len(batch["image"]))):  # a few pictures for a human, not compute
-        image = _denormalise(batch["image"][b], mean, std)
+        image = denormalise(batch["image"][b], mean, std)
         factor = size / image.width
         image = image.resize((size, round(image.height * factor)))
         boxes = [(batch["gold"][b] * factor).tolist(), (out["box"][b] * factor).tolist()]
@@ -279,7 +273,7 @@ def write_predictions(records: list[dict], batch: dict, out: dict, directory: Pa
     """One ``<n>.json`` + ``<n>.png`` per sample (predicted box red, expression below)."""
     from PIL import Image
 
-    from vpg.utils.visualize import PRED, caption_below, draw_boxes
+    from vpg.utils.visualize import PRED, caption_below, denormalise, draw_boxes
 
     directory.mkdir(parents=True, exist_ok=True)
     paths = batch.get("image_path")
@@ -288,7 +282,7 @@ def write_predictions(records: list[dict], batch: dict, out: dict, directory: Pa
         if paths is not None and paths[b]:
             image, box = Image.open(paths[b]).convert("RGB"), record["box_xyxy"]
         else:  # no original file: draw on the model input
-            image, box = _denormalise(batch["image"][b], mean, std), out["box"][b].tolist()
+            image, box = denormalise(batch["image"][b], mean, std), out["box"][b].tolist()
         width = max(2, round(max(image.size) / 200))
         caption_below(draw_boxes(image, [box], [PRED], width=width), record["expression"], width_chars=60).save(
             stem.with_suffix(".png"))

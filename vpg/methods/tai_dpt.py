@@ -350,9 +350,7 @@ class TaIDPT(VPGModule):
         experiment = getattr(self.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_image"):
             return
-        from vpg.utils.visualize import caption_below, grid, to_chw_tensor
-
-        from .falip import denormalise
+        from vpg.utils.visualize import caption_below, denormalise, grid, to_chw_tensor
 
         count = min(self.log_attention, len(batch["image"]))
         images = batch["image"][:count]

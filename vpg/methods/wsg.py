@@ -50,7 +50,7 @@ from vpg.modules.clip_maps import MAP_KINDS, clip_map, gae_map, minmax, to_image
 from vpg.modules.wwbl import GroundingNetwork
 
 from .base import VPGModule
-from .falip import PrefixTokenizer, denormalise
+from .falip import PrefixTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,15 @@ class _HeatmapGrounding(VPGModule):
         experiment = getattr(self.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_image"):
             return
-        from vpg.utils.visualize import GOLD, PRED, caption_below, draw_boxes, grid, to_chw_tensor
+        from vpg.utils.visualize import (
+            GOLD,
+            PRED,
+            caption_below,
+            denormalise,
+            draw_boxes,
+            grid,
+            to_chw_tensor,
+        )
 
         texts = self.batch_texts(batch)
         tiles = []
@@ -482,7 +490,7 @@ def write_heatmap_predictions(batch: dict, heat: Tensor, directory: Path, texts:
     (grayscale heatmap at the original size) and ``<n>.png`` (overlay, predicted box, phrase)."""
     from PIL import Image
 
-    from vpg.utils.visualize import PRED, caption_below, draw_boxes
+    from vpg.utils.visualize import PRED, caption_below, denormalise, draw_boxes
 
     directory.mkdir(parents=True, exist_ok=True)
     paths = batch.get("image_path")

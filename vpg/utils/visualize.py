@@ -52,3 +52,10 @@ def grid(images: Sequence[Image.Image], columns: int = 4, pad: int = 4) -> Image
 def to_chw_tensor(image: Image.Image) -> torch.Tensor:
     """PIL -> (3, H, W) float in [0, 1] for TensorBoard's add_image."""
     return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def denormalise(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> Image.Image:
+    """(3, H, W) normalised model input -> PIL image (undo the transform's mean / std)."""
+    pixels = image.detach().float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    array = (pixels.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()  # (H, W, 3)
+    return Image.fromarray(array, "RGB")
