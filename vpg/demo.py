@@ -27,6 +27,11 @@ RUNS = [
      ["test", "--config", "experiments/shapes/zeroshot_cls.yaml"], "test/acc@1"),
     ("FALIP zero-shot REC (form a), shapes-ref testA", "Acc@0.5",
      ["test", "--config", "experiments/shapes/falip_rec.yaml", "--data.init_args.test_splits", "[testA]"], "test/acc@0.5/testA"),
+    # HiVG trains its bridges + grounding head for 3 of the ablation's 8 epochs (about 6 min on a
+    # shared 2-core machine); the full table is scripts/hivg_shapes_table.py.
+    ("HiVG (+ MACB, 3 epochs), shapes-ref testA", "Acc@0.5",
+     ["fit", "--config", "experiments/shapes/hivg_macb.yaml", "--trainer.max_epochs", "3",
+      "--data.init_args.test_splits", "[testA]"], "test/acc@0.5/testA"),
     ("CLIP GAE heatmaps (VPT-WSG baseline), shapes-phrase test", "pointing",
      ["test", "--config", "experiments/shapes/wsg_clip.yaml"], "test/pointing/test"),
     ("TaI-DPT, trained on caption text only, shapes-multilabel test", "mAP",
