@@ -7,7 +7,8 @@ separates the two suspects for the tiny CLIP's weak shape recognition: if a supe
 learns shape as slowly as contrastive pretraining does, the objective is not the bottleneck.
 
     python scripts/shape_learning_probe.py --steps 800 --batch-size 32            # vpg-shapes-vit
-    python scripts/shape_learning_probe.py --model my-config --config-dir path/   # another JSON
+    python scripts/shape_learning_probe.py --model vpg-shapes-vit-p8-l4 --config-dir scripts/probe_configs
+                                                            # a candidate tower (README: tiny CLIP)
 
 Images are decoded once into a uint8 tensor (no loader in the loop), so steps time the model.
 """
