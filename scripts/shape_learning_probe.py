@@ -7,8 +7,14 @@ separates the two suspects for the tiny CLIP's weak shape recognition: if a supe
 learns shape as slowly as contrastive pretraining does, the objective is not the bottleneck.
 
     python scripts/shape_learning_probe.py --steps 800 --batch-size 32            # vpg-shapes-vit
-    python scripts/shape_learning_probe.py --model vpg-shapes-vit-p8-l4 --config-dir scripts/probe_configs
+    python scripts/shape_learning_probe.py --model vpg-shapes-vit-p8-l4
                                                             # a candidate tower (README: tiny CLIP)
+    python scripts/shape_learning_probe.py --model vpg-shapes-vit-p8-l4 \
+        --head batch --logit-scale-init 50                  # CLIP's own loss on the same images
+
+``--head text`` / ``--head batch`` put the text tower back (CE against all 48 class prompts /
+in-batch symmetric InfoNCE with each image's prompt) and score zero-shot, so the gap to the
+linear head is what the text side and the temperature cost.
 
 Images are decoded once into a uint8 tensor (no loader in the loop), so steps time the model.
 """
@@ -16,17 +22,19 @@ Images are decoded once into a uint8 tensor (no loader in the loop), so steps ti
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vpg.clip import create_model
+from vpg.clip import create_model, get_tokenizer
 from vpg.data.shapes import SHAPES
 from vpg.data.shapes.builders import CLS_CLASSES, make_pretrain_corpus
 from vpg.data.shapes.language import with_article
 from vpg.data.sources import load_split
+from vpg.losses import clip_contrastive_loss
 from vpg.methods.optim import decay_groups, warmup_cosine
 
 
@@ -45,6 +53,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--num-single", type=int, default=12000, help="single-object images (pretrain corpus)")
+    parser.add_argument("--head", choices=["linear", "text", "batch"], default="linear",
+                        help="linear: a linear head on the image embedding; text: the text tower's features "
+                             "of the 48 class prompts x logit scale (CE over all prompts: is the text tower slow?); "
+                             "batch: in-batch symmetric InfoNCE with each image's class prompt (CLIP's loss, "
+                             "single-object images only); text and batch evaluate zero-shot")
+    parser.add_argument("--logit-scale-init", type=float, default=None,
+                        help="initial exp(logit_scale) for the text/batch heads (default: the config's, 1/0.07)")
+    parser.add_argument("--captions", choices=["prompt", "random"], default="prompt",
+                        help="batch head: pair each image with its class prompt, or with one of its corpus "
+                             "captions at random per step (as the pretraining DataModule does)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
@@ -67,10 +85,25 @@ def main() -> None:
     val_images, val_labels = as_uint8(val), torch.tensor(list(val["label"]))
 
     clip = create_model(args.model, frozen=False)
+    if args.logit_scale_init:
+        with torch.no_grad():
+            clip.logit_scale.fill_(math.log(args.logit_scale_init))
     mean = torch.tensor(clip.image_mean).view(1, 3, 1, 1)
     std = torch.tensor(clip.image_std).view(1, 3, 1, 1)
-    head = torch.nn.Linear(clip.embed_dim, len(CLS_CLASSES))
-    groups = decay_groups(clip, args.weight_decay) + [{"params": list(head.parameters()), "weight_decay": 0.0}]
+    prompts = get_tokenizer(args.model)([f"a photo of {with_article(name)}" for name in CLS_CLASSES])
+    if args.head == "linear":
+        head = torch.nn.Linear(clip.embed_dim, len(CLS_CLASSES))
+    else:
+        def head(img: torch.Tensor) -> torch.Tensor:  # (B, E) -> (B, C): CLIP logits against the class prompts
+            txt = F.normalize(clip.encode_text(prompts), dim=-1)  # (C, E)
+            return clip.logit_scale.exp() * F.normalize(img, dim=-1) @ txt.t()
+    if args.captions == "random":  # every caption of every single-object image, tokenised once
+        captions = list(rows["captions"])
+        num_captions = torch.tensor([len(c) for c in captions])
+        caption_start = torch.cumsum(num_captions, 0) - num_captions
+        caption_tokens = get_tokenizer(args.model)([c for cs in captions for c in cs])  # (sum, ctx)
+    extra = list(head.parameters()) if args.head == "linear" else []
+    groups = decay_groups(clip, args.weight_decay) + [{"params": extra, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=args.lr)
     schedule = warmup_cosine(opt, args.warmup, args.steps)
     rng = np.random.default_rng(args.seed)
@@ -82,7 +115,16 @@ def main() -> None:
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
         batch = torch.from_numpy(rng.choice(len(labels), args.batch_size, replace=False))
-        loss = F.cross_entropy(head(clip.encode_image(normalised(images[batch]))), labels[batch])
+        if args.head == "batch":
+            if args.captions == "random":
+                pick = [int(rng.integers(n)) for n in num_captions[batch]]
+                text = caption_tokens[caption_start[batch] + torch.tensor(pick)]
+            else:
+                text = prompts[labels[batch]]
+            img, txt, scale = clip(normalised(images[batch]), text)
+            loss = clip_contrastive_loss(img, txt, scale)
+        else:
+            loss = F.cross_entropy(head(clip.encode_image(normalised(images[batch]))), labels[batch])
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -43,6 +43,12 @@ def test_zero_shot_accuracy_of_committed_checkpoint(capsys, monkeypatch, tmp_pat
                                     "--trainer.enable_progress_bar", "false"], capsys, monkeypatch, tmp_path)
     assert metrics["test/acc@1"] >= TOP1_FLOOR
     assert metrics["test/acc@5"] >= TOP5_FLOOR
+    # The monitor that pretraining logs (zeroshot/top1) scores exactly what `vpg test` scores.
+    from vpg.callbacks import ZeroShotMonitor
+    from vpg.clip import create_model
+
+    clip = create_model("vpg-shapes-vit", pretrained=str(CHECKPOINT))
+    assert ZeroShotMonitor(split="test").evaluate(clip) == pytest.approx(metrics["test/acc@1"], abs=1e-6)
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 from .export import ExportCLIPWeights
 from .hilora import HiLoRAScheduler, LoRAStage
+from .zeroshot import ZeroShotMonitor
 
-__all__ = ["ExportCLIPWeights", "HiLoRAScheduler", "LoRAStage"]
+__all__ = ["ExportCLIPWeights", "HiLoRAScheduler", "LoRAStage", "ZeroShotMonitor"]

@@ -21,16 +21,24 @@ class CLIPPretraining(VPGModule):
         clip: the model to train (build it with ``frozen: false``).
         lr, weight_decay, warmup_steps: AdamW with linear warm-up then cosine decay per step.
         max_logit_scale: CLIP clamps exp(logit_scale) at 100.
+        init_logit_scale: set exp(logit_scale) to this before training (still learnable); None keeps
+            the model's (CLIP's 1/0.07). From scratch on vpg-shapes a sharper start learns shape
+            sooner (README: tiny CLIP, temperature probe).
     """
 
     trains_clip = True
 
     def __init__(self, clip: CLIP, lr: float = 1e-3, weight_decay: float = 0.1, warmup_steps: int = 200,
-                 max_logit_scale: float = 100.0):
+                 max_logit_scale: float = 100.0, init_logit_scale: float | None = None):
         super().__init__(clip)
         self.save_hyperparameters()
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.max_log_scale = math.log(max_logit_scale)
+        if init_logit_scale is not None:
+            if not 0 < init_logit_scale <= max_logit_scale:
+                raise ValueError(f"init_logit_scale={init_logit_scale} must be in (0, max_logit_scale={max_logit_scale}]")
+            with torch.no_grad():
+                self.clip.logit_scale.fill_(math.log(init_logit_scale))
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def training_step(self, batch, batch_idx):
