@@ -6,7 +6,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from vpg.clip import get_tokenizer
+from vpg.clip import class_text_features, get_tokenizer
 from vpg.data.sources import load_split
 from vpg.data.transforms import clip_transform
 
@@ -33,6 +33,7 @@ class ZeroShotMonitor(L.Callback):
         self._images: torch.Tensor | None = None
         self._labels: torch.Tensor | None = None
         self._names: list[str] = []
+        self._tokenizer = None
         self.history: list[tuple[int, float]] = []
 
     def _load(self, clip) -> None:
@@ -41,6 +42,7 @@ class ZeroShotMonitor(L.Callback):
             raise ValueError(f"ZeroShotMonitor: {self.dataset}:{self.split} needs a ClassLabel column 'label'")
         transform = clip_transform(clip)
         self._names = list(rows.features["label"].names)
+        self._tokenizer = get_tokenizer(clip.name)
         self._images = torch.stack([transform(row["image"])[0] for row in rows])  # (N, 3, S, S)
         self._labels = torch.tensor(list(rows["label"]))  # (N,)
 
@@ -51,8 +53,7 @@ class ZeroShotMonitor(L.Callback):
         was_training = clip.training
         clip.eval()
         device = next(clip.parameters()).device
-        tokens = get_tokenizer(clip.name)([self.template.format(n) for n in self._names]).to(device)
-        classes = F.normalize(clip.encode_text(tokens), dim=-1)  # (C, E)
+        classes = class_text_features(clip, self._names, [self.template], self._tokenizer)  # (C, E)
         pred = torch.cat([(F.normalize(clip.encode_image(chunk.to(device)), dim=-1) @ classes.t()).argmax(-1).cpu()
                           for chunk in self._images.split(256)])  # (N,)
         clip.train(was_training)

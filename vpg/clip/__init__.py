@@ -2,7 +2,14 @@
 
 from .attention import Attention
 from .core import CLIP, CLSDecomposition, TextOutput, VisionOutput
-from .factory import create_model, get_tokenizer, list_models, register_model_configs, save_open_clip_weights
+from .factory import (
+    class_text_features,
+    create_model,
+    get_tokenizer,
+    list_models,
+    register_model_configs,
+    save_open_clip_weights,
+)
 
 register_model_configs()
 
@@ -12,6 +19,7 @@ __all__ = [
     "CLSDecomposition",
     "TextOutput",
     "VisionOutput",
+    "class_text_features",
     "create_model",
     "get_tokenizer",
     "list_models",

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
-from torch import nn
+from torch import Tensor, nn
 
 from vpg.errors import ConfigurationError, MissingFileError
 
@@ -108,6 +110,16 @@ def get_tokenizer(name: str, context_length: int | None = None):
     """open_clip tokenizer of a model: callable(list[str]) -> LongTensor (N, context_length)."""
     register_model_configs()
     return open_clip.get_tokenizer(name, context_length=context_length)
+
+
+@torch.no_grad()
+def class_text_features(clip: CLIP, class_names: Sequence[str], templates: Sequence[str], tokenizer=None) -> Tensor:
+    """(C, E): normalised mean of each class's normalised template features (CLIP's prompt ensembling)."""
+    tokenizer = tokenizer or get_tokenizer(clip.name)
+    texts = [t.format(name) for name in class_names for t in templates]  # C * T texts
+    device = next(clip.parameters()).device
+    feats = F.normalize(clip.encode_text(tokenizer(texts).to(device)), dim=-1)  # (C * T, E)
+    return F.normalize(feats.view(len(class_names), len(templates), -1).mean(1), dim=-1)  # (C, E)
 
 
 def save_open_clip_weights(core: CLIP, path: str | Path, half: bool = False) -> Path:

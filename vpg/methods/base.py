@@ -7,11 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from vpg.clip import CLIP, get_tokenizer
+from vpg.clip import CLIP, class_text_features, get_tokenizer
 from vpg.data.transforms import clip_transform
 
 log = logging.getLogger(__name__)
@@ -35,13 +33,9 @@ class VPGModule(L.LightningModule):
     def image_transform(self, train: bool):
         return clip_transform(self.clip)
 
-    @torch.no_grad()
     def class_text_features(self, class_names: Sequence[str], templates: Sequence[str]) -> Tensor:
         """(C, E): normalised mean of each class's normalised template features (CLIP's prompt ensembling)."""
-        texts = [t.format(name) for name in class_names for t in templates]  # C * T texts
-        tokens = self.tokenizer(texts).to(self.device)
-        feats = F.normalize(self.clip.encode_text(tokens), dim=-1).view(len(class_names), len(templates), -1)
-        return F.normalize(feats.mean(1), dim=-1)  # (C, E)
+        return class_text_features(self.clip, class_names, templates, self.tokenizer)
 
     # -- evaluation splits
     def test_split_names(self) -> list[str]:
