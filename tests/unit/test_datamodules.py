@@ -373,6 +373,27 @@ def test_captions_real_coco(tmp_path, tok):
     assert batch["caption_image"].tolist() == [0] * 5 + [1] * 5
 
 
+@pytest.mark.parametrize("prob", [None, 0.75])
+def test_captions_first_caption_prob(tmp_path, tok, prob):
+    """Training draws: uniform over the captions by default; caption 0 with probability p otherwise."""
+    Image.new("RGB", (8, 8), (0, 200, 0)).save(tmp_path / "a.png")
+    captions = ["the first", "second", "third", "fourth"]
+    Dataset.from_dict({"image_path": ["a.png"] * 400, "captions": [captions] * 400,
+                       "image_id": list(range(400))}).save_to_disk(str(tmp_path / "caps"))
+    dm = CaptionsDataModule(str(tmp_path / "caps"), image_root=str(tmp_path), val_split=None,
+                            first_caption_prob=prob).attach(squash(), tok)
+    rows = dm.load("train")
+    drawn = Counter(dm.make_sample(rows[i], i, train=True)["captions"][0] for i in range(400))
+    expected = 0.25 if prob is None else prob
+    assert abs(drawn["the first"] / 400 - expected) < 0.07  # 3 sigma at n = 400
+    assert set(drawn) == set(captions)
+
+
+def test_captions_first_caption_prob_out_of_range(tmp_path):
+    with pytest.raises(ConfigurationError, match="first_caption_prob must be in"):
+        CaptionsDataModule(str(tmp_path / "caps"), first_caption_prob=1.5)
+
+
 def test_column_mapping_and_image_path_template(tmp_path, tok):
     """A Karpathy-like layout: captions under `sentences`, the path split over two columns."""
     folder = tmp_path / "images" / "val2014"

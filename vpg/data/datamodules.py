@@ -942,7 +942,18 @@ class CaptionsDataModule(VPGDataModule):
 
     Training samples one caption per image at random; evaluation uses every caption
     (batch: image (B,3,S,S), text (B*C, ctx) tokens, caption_image (B*C,) owner row).
+
+    first_caption_prob: None (default) draws the training caption uniformly; p draws a row's
+        first caption with probability p and one of the others uniformly otherwise. In the tiny-CLIP
+        corpus the first caption of a single-object image is its class prompt ("a photo of a red
+        circle"), so p > 1/6 weights training toward the prompt that zero-shot evaluation uses.
     """
+
+    def __init__(self, *args, first_caption_prob: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if first_caption_prob is not None and not 0.0 <= first_caption_prob <= 1.0:
+            raise ConfigurationError(f"first_caption_prob must be in [0, 1], got {first_caption_prob}")
+        self.first_caption_prob = first_caption_prob
 
     def required_columns(self, split: str, names: list[str]) -> list[str]:
         return ["captions"]
@@ -957,7 +968,11 @@ class CaptionsDataModule(VPGDataModule):
             raise BadSample("empty expression", f"caption {captions.index('')} is empty")
         rng = sample_rng(self.seed, epoch, index)
         if train:
-            captions = [captions[rng.integers(len(captions))]]
+            p = self.first_caption_prob
+            if p is None or len(captions) == 1:
+                captions = [captions[rng.integers(len(captions))]]
+            else:
+                captions = [captions[0] if rng.random() < p else captions[1 + rng.integers(len(captions) - 1)]]
         image, _ = self.apply_transform(self.load_image(row), None, train, rng=rng if train else None)
         return {"image": image, "captions": captions}
 
