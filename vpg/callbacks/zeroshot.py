@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from vpg.clip import class_text_features, get_tokenizer
 from vpg.data.sources import load_split
 from vpg.data.transforms import clip_transform
+from vpg.errors import ConfigurationError
 
 
 class ZeroShotMonitor(L.Callback):
@@ -39,7 +40,7 @@ class ZeroShotMonitor(L.Callback):
     def _load(self, clip) -> None:
         rows = load_split(self.dataset, self.split, self.options)
         if "label" not in rows.column_names or not hasattr(rows.features["label"], "names"):
-            raise ValueError(f"ZeroShotMonitor: {self.dataset}:{self.split} needs a ClassLabel column 'label'")
+            raise ConfigurationError(f"ZeroShotMonitor: {self.dataset}:{self.split} needs a ClassLabel column 'label'")
         transform = clip_transform(clip)
         self._names = list(rows.features["label"].names)
         self._tokenizer = get_tokenizer(clip.name)
