@@ -17,6 +17,8 @@ in-batch symmetric InfoNCE with each image's prompt) and score zero-shot, so the
 linear head is what the text side and the temperature cost.
 
 Images are decoded once into a uint8 tensor (no loader in the loop), so steps time the model.
+They are resized once (bicubic, antialiased) when the tower's input side differs from the corpus'.
+``--text-lr-mult`` scales the text tower's learning rate (README: tiny CLIP).
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ def main() -> None:
     parser.add_argument("--captions", choices=["prompt", "random"], default="prompt",
                         help="batch head: pair each image with its class prompt, or with one of its corpus "
                              "captions at random per step (as the pretraining DataModule does)")
+    parser.add_argument("--text-lr-mult", type=float, default=1.0,
+                        help="learning-rate multiplier for the text tower (all non-visual parameters but logit_scale)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
@@ -88,6 +92,10 @@ def main() -> None:
     if args.logit_scale_init:
         with torch.no_grad():
             clip.logit_scale.fill_(math.log(args.logit_scale_init))
+    size = clip.image_size[-1]  # the tower's input side; the corpus is rendered at the world's default
+    if images.shape[-1] != size:  # resize once, as clip_transform would per image
+        images, val_images = (F.interpolate(x.float(), size=(size, size), mode="bicubic", antialias=True)
+                              .round().clamp(0, 255).to(torch.uint8) for x in (images, val_images))
     mean = torch.tensor(clip.image_mean).view(1, 3, 1, 1)
     std = torch.tensor(clip.image_std).view(1, 3, 1, 1)
     prompts = get_tokenizer(args.model)([f"a photo of {with_article(name)}" for name in CLS_CLASSES])
@@ -104,6 +112,11 @@ def main() -> None:
         caption_tokens = get_tokenizer(args.model)([c for cs in captions for c in cs])  # (sum, ctx)
     extra = list(head.parameters()) if args.head == "linear" else []
     groups = decay_groups(clip, args.weight_decay) + [{"params": extra, "weight_decay": 0.0}]
+    if args.text_lr_mult != 1.0:  # split each group into its vision and text halves
+        text = {id(p) for n, p in clip.named_parameters() if ".visual." not in n and "logit_scale" not in n}
+        groups = [{"params": [p for p in g["params"] if (id(p) in text) == is_text], "weight_decay": g["weight_decay"],
+                   "lr": args.lr * (args.text_lr_mult if is_text else 1.0)}
+                  for g in groups for is_text in (False, True)]
     opt = torch.optim.AdamW(groups, lr=args.lr)
     schedule = warmup_cosine(opt, args.warmup, args.steps)
     rng = np.random.default_rng(args.seed)
