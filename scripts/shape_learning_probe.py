@@ -93,7 +93,7 @@ def main() -> None:
         with torch.no_grad():
             clip.logit_scale.fill_(math.log(args.logit_scale_init))
     size = clip.image_size[-1]  # the tower's input side; the corpus is rendered at the world's default
-    if images.shape[-1] != size:  # resize once, as clip_transform would per image
+    if images.shape[-1] != size:  # resize once, on tensors; clip_transform does the same per PIL image
         images, val_images = (F.interpolate(x.float(), size=(size, size), mode="bicubic", antialias=True)
                               .round().clamp(0, 255).to(torch.uint8) for x in (images, val_images))
     mean = torch.tensor(clip.image_mean).view(1, 3, 1, 1)
@@ -113,7 +113,8 @@ def main() -> None:
     extra = list(head.parameters()) if args.head == "linear" else []
     groups = decay_groups(clip, args.weight_decay) + [{"params": extra, "weight_decay": 0.0}]
     if args.text_lr_mult != 1.0:  # split each group into its vision and text halves
-        text = {id(p) for n, p in clip.named_parameters() if ".visual." not in n and "logit_scale" not in n}
+        vision = {id(p) for p in clip.model.visual.parameters()} | {id(clip.logit_scale)}
+        text = {id(p) for p in clip.parameters() if id(p) not in vision}
         groups = [{"params": [p for p in g["params"] if (id(p) in text) == is_text], "weight_decay": g["weight_decay"],
                    "lr": args.lr * (args.text_lr_mult if is_text else 1.0)}
                   for g in groups for is_text in (False, True)]
