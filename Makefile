@@ -44,7 +44,7 @@ bench: install ## run the benchmarks (each prints a last line RESULT key=value .
 lint: install ## ruff
 	$(PY) -m ruff check vpg tests
 
-pretrain: install ## re-train the committed tiny CLIP on vpg-shapes (~18 min on 2 cores)
+pretrain: install ## re-train the committed tiny CLIP on vpg-shapes (~12 min on 2 cores)
 	$(VENV)/bin/vpg fit --config experiments/shapes/clip_pretrain.yaml
 
 tensorboard: install ## serve the TensorBoard logs in logs/

@@ -18,7 +18,10 @@ linear head is what the text side and the temperature cost.
 
 Images are decoded once into a uint8 tensor (no loader in the loop), so steps time the model.
 They are resized once (bicubic, antialiased) when the tower's input side differs from the corpus'.
-``--text-lr-mult`` scales the text tower's learning rate (README: tiny CLIP).
+``--text-lr-mult`` scales the text tower's learning rate (README: tiny CLIP). ``--corpus full`` with
+``--first-caption-prob`` trains on every row of the pretraining corpus as the DataModule draws them, and
+``--adam-beta2`` / ``--adam-eps`` / ``--clip-grad`` reproduce CLIPPretraining's optimizer, so a probe can
+be compared with a full run one difference at a time (README: tiny CLIP, the recipe).
 """
 
 from __future__ import annotations
@@ -65,6 +68,15 @@ def main() -> None:
     parser.add_argument("--captions", choices=["prompt", "random"], default="prompt",
                         help="batch head: pair each image with its class prompt, or with one of its corpus "
                              "captions at random per step (as the pretraining DataModule does)")
+    parser.add_argument("--corpus", choices=["single", "full"], default="single",
+                        help="single: the single-object images of the probe's corpus; full: every row (scenes, "
+                             "single objects, depth maps) of clip_pretrain_s64.yaml's corpus, batch head only")
+    parser.add_argument("--first-caption-prob", type=float, default=None,
+                        help="batch head: draw a row's first caption with this probability and one of the others "
+                             "uniformly otherwise (CaptionsDataModule's first_caption_prob); overrides --captions")
+    parser.add_argument("--adam-beta2", type=float, default=0.999)
+    parser.add_argument("--adam-eps", type=float, default=1e-8)
+    parser.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm (Trainer's gradient_clip_val)")
     parser.add_argument("--text-lr-mult", type=float, default=1.0,
                         help="learning-rate multiplier for the text tower (all non-visual parameters but logit_scale)")
     parser.add_argument("--seed", type=int, default=0)
@@ -78,12 +90,17 @@ def main() -> None:
 
         open_clip.add_model_config(args.config_dir)
 
-    corpus = make_pretrain_corpus(num_scenes=8000, num_single=args.num_single, num_depth=2000, seed=0,
-                                  single_clutter=3, use_cache=True)  # the pretraining config's corpus
-    single = [i for i, image_id in enumerate(corpus["image_id"]) if image_id.startswith("single")]
+    if args.corpus == "full":
+        if args.head != "batch":
+            parser.error("--corpus full trains on captions: it needs --head batch")
+        rows = make_pretrain_corpus(num_scenes=3000, num_single=16000, num_depth=1000, seed=0, single_clutter=3,
+                                    use_cache=True)  # clip_pretrain_s64.yaml's corpus
+    else:
+        corpus = make_pretrain_corpus(num_scenes=8000, num_single=args.num_single, num_depth=2000, seed=0,
+                                      single_clutter=3, use_cache=True)  # the pretraining config's corpus
+        rows = corpus.select([i for i, image_id in enumerate(corpus["image_id"]) if image_id.startswith("single")])
     canonical = {f"a photo of {with_article(name)}": k for k, name in enumerate(CLS_CLASSES)}
-    rows = corpus.select(single)
-    labels = torch.tensor([canonical[c[0]] for c in rows["captions"]])  # caption 0 is the class prompt
+    labels = torch.tensor([canonical.get(c[0], -1) for c in rows["captions"]])  # caption 0: the class prompt
     images = as_uint8(rows)  # (N, 3, S, S)
     val = load_split("vpg-shapes/cls", "val", {"seed": 0})
     val_images, val_labels = as_uint8(val), torch.tensor(list(val["label"]))
@@ -105,7 +122,11 @@ def main() -> None:
         def head(img: torch.Tensor) -> torch.Tensor:  # (B, E) -> (B, C): CLIP logits against the class prompts
             txt = F.normalize(clip.encode_text(prompts), dim=-1)  # (C, E)
             return clip.logit_scale.exp() * F.normalize(img, dim=-1) @ txt.t()
-    if args.captions == "random":  # every caption of every single-object image, tokenised once
+    draw = "first" if args.first_caption_prob is not None else args.captions
+    if args.corpus == "full" and draw == "prompt":
+        parser.error("--corpus full: scenes and depth maps have no class prompt; use --captions random "
+                     "or --first-caption-prob")
+    if draw != "prompt":  # every caption of every single-object image, tokenised once
         captions = list(rows["captions"])
         num_captions = torch.tensor([len(c) for c in captions])
         caption_start = torch.cumsum(num_captions, 0) - num_captions
@@ -118,7 +139,7 @@ def main() -> None:
         groups = [{"params": [p for p in g["params"] if (id(p) in text) == is_text], "weight_decay": g["weight_decay"],
                    "lr": args.lr * (args.text_lr_mult if is_text else 1.0)}
                   for g in groups for is_text in (False, True)]
-    opt = torch.optim.AdamW(groups, lr=args.lr)
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, args.adam_beta2), eps=args.adam_eps)
     schedule = warmup_cosine(opt, args.warmup, args.steps)
     rng = np.random.default_rng(args.seed)
     k = len(SHAPES)  # label = colour * len(SHAPES) + shape
@@ -130,7 +151,11 @@ def main() -> None:
     for step in range(1, args.steps + 1):
         batch = torch.from_numpy(rng.choice(len(labels), args.batch_size, replace=False))
         if args.head == "batch":
-            if args.captions == "random":
+            if draw == "first":
+                pick = [0 if n == 1 or rng.random() < args.first_caption_prob else 1 + int(rng.integers(n - 1))
+                        for n in num_captions[batch].tolist()]
+                text = caption_tokens[caption_start[batch] + torch.tensor(pick)]
+            elif draw == "random":
                 pick = [int(rng.integers(n)) for n in num_captions[batch]]
                 text = caption_tokens[caption_start[batch] + torch.tensor(pick)]
             else:
@@ -141,6 +166,8 @@ def main() -> None:
             loss = F.cross_entropy(head(clip.encode_image(normalised(images[batch]))), labels[batch])
         opt.zero_grad()
         loss.backward()
+        if args.clip_grad:
+            torch.nn.utils.clip_grad_norm_(clip.parameters(), args.clip_grad)
         opt.step()
         schedule.step()
         if step % args.eval_every == 0 or step == args.steps:

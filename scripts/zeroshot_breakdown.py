@@ -17,9 +17,10 @@ from vpg.data.transforms import clip_transform
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pretrained", default="checkpoints/vpg_shapes_clip.safetensors")
+    parser.add_argument("--model", default="vpg-shapes-vit-p8-w96-s64", help="the weights' architecture")
     args = parser.parse_args()
-    clip = create_model("vpg-shapes-vit", pretrained=args.pretrained).eval()
-    tokenizer, transform = get_tokenizer("vpg-shapes-vit"), clip_transform(clip)
+    clip = create_model(args.model, pretrained=args.pretrained).eval()
+    tokenizer, transform = get_tokenizer(args.model), clip_transform(clip)
     rows = load_split("vpg-shapes/cls", "test", {"seed": 0})
     names = rows.features["label"].names  # colour-major: label = colour * len(SHAPES) + shape
     with torch.no_grad():

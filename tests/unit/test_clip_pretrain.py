@@ -1,6 +1,7 @@
-"""CLIPPretraining: the temperature it starts from and the clamp it keeps."""
+"""CLIPPretraining: the temperature it starts from, the clamp it keeps, the optimizer it builds."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -31,3 +32,14 @@ def test_clamp_after_each_batch():
         module.clip.logit_scale.fill_(math.log(500.0))
     module.on_train_batch_end(None, None, 0)
     assert module.clip.logit_scale.exp().item() == pytest.approx(100.0, rel=1e-5)
+
+
+def test_adamw_takes_the_configured_betas_and_eps():
+    module = CLIPPretraining(CLIP("vpg-tiny", frozen=False), betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=100)  # what configure_optimizers reads
+    opt = module.configure_optimizers()["optimizer"]
+    assert opt.defaults["betas"] == (0.9, 0.999) and opt.defaults["eps"] == 1e-8
+    assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, 0.05]
+    default = CLIPPretraining(CLIP("vpg-tiny", frozen=False))
+    default._trainer = SimpleNamespace(estimated_stepping_batches=100)
+    assert default.configure_optimizers()["optimizer"].defaults["betas"] == (0.9, 0.98)  # the CLIP paper's

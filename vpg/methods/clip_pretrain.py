@@ -20,6 +20,9 @@ class CLIPPretraining(VPGModule):
     Args:
         clip: the model to train (build it with ``frozen: false``).
         lr, weight_decay, warmup_steps: AdamW with linear warm-up then cosine decay per step.
+        betas, eps: AdamW's; the defaults are the CLIP paper's (0.9, 0.98) and 1e-6. The tiny CLIP
+            trains from scratch for a few thousand steps, where PyTorch's (0.9, 0.999) and 1e-8 learn
+            shape sooner (README: tiny CLIP, optimizer probe).
         max_logit_scale: CLIP clamps exp(logit_scale) at 100.
         init_logit_scale: set exp(logit_scale) to this before training (still learnable); None keeps
             the model's (CLIP's 1/0.07). From scratch on vpg-shapes a sharper start learns shape
@@ -29,10 +32,12 @@ class CLIPPretraining(VPGModule):
     trains_clip = True
 
     def __init__(self, clip: CLIP, lr: float = 1e-3, weight_decay: float = 0.1, warmup_steps: int = 200,
+                 betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6,
                  max_logit_scale: float = 100.0, init_logit_scale: float | None = None):
         super().__init__(clip)
         self.save_hyperparameters()
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
+        self.betas, self.eps = (float(betas[0]), float(betas[1])), eps
         self.max_log_scale = math.log(max_logit_scale)
         if init_logit_scale is not None:
             if not 0 < init_logit_scale <= max_logit_scale:
@@ -72,7 +77,7 @@ class CLIPPretraining(VPGModule):
         self.log("val/t2i_r@1", t2i, sync_dist=True)
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(decay_groups(self.clip, self.weight_decay), lr=self.lr, betas=(0.9, 0.98), eps=1e-6)
+        opt = torch.optim.AdamW(decay_groups(self.clip, self.weight_decay), lr=self.lr, betas=self.betas, eps=self.eps)
         total = self.trainer.estimated_stepping_batches
         return {"optimizer": opt,
                 "lr_scheduler": {"scheduler": warmup_cosine(opt, self.warmup_steps, total), "interval": "step"}}
