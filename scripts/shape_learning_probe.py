@@ -126,7 +126,7 @@ def main() -> None:
     if args.corpus == "full" and draw == "prompt":
         parser.error("--corpus full: scenes and depth maps have no class prompt; use --captions random "
                      "or --first-caption-prob")
-    if draw != "prompt":  # every caption of every single-object image, tokenised once
+    if draw != "prompt":  # every caption of every training row, tokenised once
         captions = list(rows["captions"])
         num_captions = torch.tensor([len(c) for c in captions])
         caption_start = torch.cumsum(num_captions, 0) - num_captions
@@ -151,12 +151,10 @@ def main() -> None:
     for step in range(1, args.steps + 1):
         batch = torch.from_numpy(rng.choice(len(labels), args.batch_size, replace=False))
         if args.head == "batch":
-            if draw == "first":
-                pick = [0 if n == 1 or rng.random() < args.first_caption_prob else 1 + int(rng.integers(n - 1))
-                        for n in num_captions[batch].tolist()]
-                text = caption_tokens[caption_start[batch] + torch.tensor(pick)]
-            elif draw == "random":
-                pick = [int(rng.integers(n)) for n in num_captions[batch]]
+            if draw != "prompt":  # one caption per row, drawn as the DataModule draws it
+                pick = ([0 if n == 1 or rng.random() < args.first_caption_prob else 1 + int(rng.integers(n - 1))
+                         for n in num_captions[batch].tolist()] if draw == "first"
+                        else [int(rng.integers(n)) for n in num_captions[batch]])
                 text = caption_tokens[caption_start[batch] + torch.tensor(pick)]
             else:
                 text = prompts[labels[batch]]
