@@ -97,7 +97,7 @@ def main() -> None:
                                     use_cache=True)  # clip_pretrain_s64.yaml's corpus
     else:
         corpus = make_pretrain_corpus(num_scenes=8000, num_single=args.num_single, num_depth=2000, seed=0,
-                                      single_clutter=3, use_cache=True)  # the pretraining config's corpus
+                                      single_clutter=3, use_cache=True)  # the previous clip_pretrain.yaml's corpus
         rows = corpus.select([i for i, image_id in enumerate(corpus["image_id"]) if image_id.startswith("single")])
     canonical = {f"a photo of {with_article(name)}": k for k, name in enumerate(CLS_CLASSES)}
     labels = torch.tensor([canonical.get(c[0], -1) for c in rows["captions"]])  # caption 0: the class prompt
